@@ -1,0 +1,66 @@
+"""Build the Cython extension modules, linking liburing statically.
+
+liburing is found with pkg-config; a missing liburing-dev stops the build with
+a message naming the package instead of a compiler trace.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+
+MODULES = ["handles", "driver", "epoll", "uring", "loop", "transports"]
+
+
+def pkg_config(*args):
+    return subprocess.run(["pkg-config", *args, "liburing"], check=True,
+                          capture_output=True, text=True).stdout.split()
+
+
+def liburing_flags():
+    if shutil.which("pkg-config") is None:
+        sys.exit("fastsock: pkg-config is missing. On Debian/Ubuntu: "
+                 "apt-get install pkg-config liburing-dev")
+    try:
+        cflags = pkg_config("--cflags")
+        libdir = pkg_config("--variable=libdir")[0]
+    except subprocess.CalledProcessError:
+        sys.exit("fastsock: liburing was not found by pkg-config. "
+                 "Install the system package liburing-dev "
+                 "(Debian/Ubuntu: apt-get install liburing-dev).")
+    static = os.path.join(libdir, "liburing.a")
+    if not os.path.exists(static):
+        sys.exit(f"fastsock: {static} is missing; the static liburing "
+                 "comes with the package liburing-dev.")
+    # Static link: the built extension needs no liburing.so at run time.
+    return [f[2:] for f in cflags if f.startswith("-I")], [static]
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    include_dirs, objects = liburing_flags()
+    exts = [
+        Extension(
+            f"fastsock.{name}",
+            [f"fastsock/{name}.pyx"],
+            include_dirs=["csrc", *include_dirs],
+            extra_objects=objects,
+            extra_compile_args=["-O2", "-fno-strict-aliasing"],
+            define_macros=[("_GNU_SOURCE", "1")],
+        )
+        for name in MODULES
+    ]
+    return cythonize(
+        exts,
+        language_level=3,
+        compiler_directives={
+            "boundscheck": False,
+            "wraparound": False,
+            "embedsignature": True,
+        },
+    )
+
+
+setup(ext_modules=extensions())
