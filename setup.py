@@ -10,7 +10,7 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ["handles", "driver", "epoll", "uring", "loop", "transports"]
+MODULES = ["handles", "driver", "epoll", "loop", "transports"]
 
 
 def pkg_config(*args):
@@ -57,7 +57,6 @@ def extensions():
         language_level=3,
         compiler_directives={
             "boundscheck": False,
-            "wraparound": False,
             "embedsignature": True,
         },
     )

@@ -1,0 +1,88 @@
+"""fastsock: epoll and io_uring asyncio event loops for Linux.
+
+    import fastsock
+    fastsock.run(main(), backend="uring")      # or "epoll", or "auto"
+"""
+
+import asyncio
+import collections
+
+from fastsock.eventloop import Loop
+
+__all__ = ["new_event_loop", "run", "EventLoopPolicy", "backends",
+           "BackendInfo", "Loop"]
+__version__ = "0.1.0"
+
+BackendInfo = collections.namedtuple("BackendInfo", "available reason")
+BackendInfo.__doc__ = "Whether a backend works on this host, and why not."
+
+_BACKENDS = ("uring", "epoll")      # "auto" picks the first that works
+
+
+def _driver_factory(name):
+    if name == "epoll":
+        from fastsock import epoll
+        return epoll.new_driver
+    if name == "uring":
+        from fastsock import uring
+        return uring.new_driver
+    raise ValueError(f"unknown backend {name!r}; expected one of "
+                     f"'auto', {', '.join(repr(b) for b in _BACKENDS)}")
+
+
+def _availability(name):
+    if name == "epoll":
+        return BackendInfo(True, "")
+    try:
+        from fastsock import uring
+    except ImportError as exc:
+        return BackendInfo(False, f"io_uring driver not built: {exc}")
+    probe = uring.probe()
+    return BackendInfo(probe["available"], probe["reason"])
+
+
+def backends():
+    """Which backends work on this host: name -> BackendInfo(available,
+    reason). `reason` says why a backend cannot be used ("" when it can)."""
+    return {name: _availability(name) for name in _BACKENDS}
+
+
+def _resolve(backend):
+    if backend == "auto":
+        for name in _BACKENDS:
+            if _availability(name).available:
+                return name
+    if backend in _BACKENDS:
+        info = _availability(backend)
+        if not info.available:
+            raise RuntimeError(
+                f"fastsock backend {backend!r} is not available: "
+                f"{info.reason}")
+        return backend
+    _driver_factory(backend)     # raises ValueError for unknown names
+
+
+def new_event_loop(backend="auto"):
+    """A new asyncio event loop on `backend`: "epoll", "uring" or "auto"
+    (io_uring where it works, else epoll)."""
+    name = _resolve(backend)
+    return Loop(_driver_factory(name), name)
+
+
+def run(main, *, backend="auto", debug=None):
+    """Run a coroutine like asyncio.run(), on a fastsock loop."""
+    with asyncio.Runner(debug=debug,
+                        loop_factory=lambda: new_event_loop(backend)) as r:
+        return r.run(main)
+
+
+class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
+    """An event loop policy whose loops are fastsock loops on `backend`."""
+
+    def __init__(self, backend="auto"):
+        super().__init__()
+        _resolve(backend)        # fail early on a bad or unavailable backend
+        self._backend = backend
+
+    def new_event_loop(self):
+        return new_event_loop(self._backend)

@@ -1,0 +1,104 @@
+# The contract between a driver (epoll or io_uring) and the objects it feeds.
+#
+# An Endpoint is one file descriptor as a driver sees it: a stream transport,
+# a datagram transport, a listening server socket or a readiness watcher
+# (add_reader/add_writer, pipes, pidfds). Transports subclass Endpoint and
+# never learn which driver feeds them: the driver calls the on_* methods
+# below, the transport calls the Driver methods.
+#
+# Ownership: the Endpoint's creator owns the fd. Once it has called
+# Driver.add(), it may close the fd only after Driver.release() has called
+# back on_released(): by then no kernel operation refers to the fd or to
+# memory inside the Endpoint.
+
+from libc.stdint cimport uint32_t
+from fastsock.system cimport iovec, msghdr, sockaddr, socklen_t, sockaddr_storage
+
+cdef enum:
+    KIND_STREAM = 1
+    KIND_DATAGRAM = 2
+    KIND_LISTENER = 3
+    KIND_WATCHER = 4
+    # iovecs a single gathered send may carry
+    SEND_IOV_MAX = 64
+
+cdef enum:
+    # Endpoint.flags, kept by the driver
+    EP_ADDED = 1 << 0
+    EP_READING = 1 << 1        # the owner wants data (or connections)
+    EP_SENDING = 1 << 2        # a backlog is being flushed
+    EP_RELEASING = 1 << 3      # release() called: no new operations
+    EP_RELEASED = 1 << 4       # on_released() has run
+    EP_PENDING = 1 << 5        # queued for another read/accept round
+    EP_WANT_IN = 1 << 6        # watcher: readable interest
+    EP_WANT_OUT = 1 << 7       # watcher/datagram: writable interest
+
+
+cdef class Driver
+
+
+cdef class Endpoint:
+    cdef:
+        int fd
+        int kind
+        uint32_t flags
+        uint32_t armed          # driver's private record of what is armed
+        int inflight            # io_uring: operations whose CQE is due
+        Driver driver
+        # Memory a gathered send points at. It lives in the Endpoint so that
+        # it stays valid while an io_uring SENDMSG is in flight.
+        msghdr send_msg
+        iovec send_iov[SEND_IOV_MAX]
+
+    # Stream data. `buf` is valid only during the call: copy what you keep.
+    cdef int on_data(self, const char *buf, Py_ssize_t n) except -1
+    cdef int on_eof(self) except -1
+    cdef int on_read_error(self, int err) except -1
+    # Datagram read.
+    cdef int on_datagram(self, const char *buf, Py_ssize_t n,
+                         sockaddr *addr, socklen_t addrlen) except -1
+    # Stream backlog: fill send_msg/send_iov with what to send next; return
+    # the number of iovecs (0: nothing left). The memory must stay valid
+    # until on_sent() or on_send_error() is called.
+    cdef int prepare_send(self) except -1
+    cdef int on_sent(self, Py_ssize_t n) except -1
+    cdef int on_send_error(self, int err) except -1
+    # Listener: a new connection (the callee owns fd), or an accept error.
+    cdef int on_accept(self, int fd) except -1
+    cdef int on_accept_error(self, int err) except -1
+    # Watchers and datagram backlogs: readiness (POLLIN/POLLOUT/... bits).
+    cdef int on_ready(self, uint32_t revents) except -1
+    # The driver has forgotten the fd and nothing in flight refers to it.
+    cdef int on_released(self) except -1
+
+
+cdef class Driver:
+    cdef:
+        readonly str name
+        object loop             # the loop whose callbacks the events run
+        object pending_exc      # first exception raised by an on_* call
+        readonly dict endpoints # fd -> Endpoint added: keeps them alive
+        bint closed
+
+    # Wait for events up to timeout_ms (-1: no limit) and dispatch them.
+    cdef int poll(self, long timeout_ms) except -1
+    # Wake a poll() from any thread (thread-safe, async-signal-safe).
+    cdef void wakeup(self) nogil
+    cdef int close(self) except -1
+
+    cdef int add(self, Endpoint ep) except -1
+    cdef int start_reading(self, Endpoint ep) except -1
+    cdef int stop_reading(self, Endpoint ep) except -1
+    # Send at once if the kernel takes it: bytes sent, 0 if it would block,
+    # -errno on error. Only while no backlog is being flushed.
+    cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n)
+    # The endpoint has a backlog: send it (prepare_send/on_sent) until empty.
+    cdef int flush(self, Endpoint ep) except -1
+    # Readiness interest for watchers and datagram backlogs (POLLIN|POLLOUT).
+    cdef int watch(self, Endpoint ep, uint32_t events) except -1
+    # Forget the fd; on_released() follows once the kernel is done with it.
+    cdef int release(self, Endpoint ep) except -1
+
+    # Helpers for subclasses.
+    cdef int dispatch_error(self, object exc) except -1
+    cdef int check_pending(self) except -1

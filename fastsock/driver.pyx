@@ -1,0 +1,108 @@
+# cython: language_level=3
+"""The driver contract: see driver.pxd."""
+
+from fastsock.system cimport (send, errno, EAGAIN, EINTR, MSG_NOSIGNAL,
+                              MSG_DONTWAIT)
+
+
+cdef class Endpoint:
+    """Base for everything a driver feeds; the defaults ignore events."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} objects are made by the loop")
+
+    cdef int on_data(self, const char *buf, Py_ssize_t n) except -1:
+        return 0
+
+    cdef int on_eof(self) except -1:
+        return 0
+
+    cdef int on_read_error(self, int err) except -1:
+        return 0
+
+    cdef int on_datagram(self, const char *buf, Py_ssize_t n,
+                         sockaddr *addr, socklen_t addrlen) except -1:
+        return 0
+
+    cdef int prepare_send(self) except -1:
+        return 0
+
+    cdef int on_sent(self, Py_ssize_t n) except -1:
+        return 0
+
+    cdef int on_send_error(self, int err) except -1:
+        return 0
+
+    cdef int on_accept(self, int fd) except -1:
+        return 0
+
+    cdef int on_accept_error(self, int err) except -1:
+        return 0
+
+    cdef int on_ready(self, uint32_t revents) except -1:
+        return 0
+
+    cdef int on_released(self) except -1:
+        return 0
+
+
+cdef class Driver:
+    """Interface of the drivers; the shared pieces live here."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError(f"{type(self).__name__} objects are made by the loop")
+
+    cdef int poll(self, long timeout_ms) except -1:
+        raise NotImplementedError  # abstract: every driver overrides it
+
+    cdef void wakeup(self) nogil:
+        pass
+
+    cdef int close(self) except -1:
+        self.closed = True
+        return 0
+
+    cdef int add(self, Endpoint ep) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int start_reading(self, Endpoint ep) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int stop_reading(self, Endpoint ep) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n):
+        cdef Py_ssize_t sent
+        while True:
+            sent = send(ep.fd, buf, <size_t>n, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if sent >= 0:
+                return sent
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                return 0
+            return -errno
+
+    cdef int flush(self, Endpoint ep) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int watch(self, Endpoint ep, uint32_t events) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int release(self, Endpoint ep) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int dispatch_error(self, object exc) except -1:
+        # An on_* call raised (only BaseExceptions that transports do not
+        # handle themselves get here, e.g. KeyboardInterrupt). The driver
+        # finishes its batch so no event is lost, then poll() re-raises.
+        if self.pending_exc is None:
+            self.pending_exc = exc
+        return 0
+
+    cdef int check_pending(self) except -1:
+        exc = self.pending_exc
+        if exc is not None:
+            self.pending_exc = None
+            raise exc
+        return 0

@@ -1,0 +1,367 @@
+# cython: language_level=3
+"""Readiness driver: edge-triggered epoll.
+
+Streams read until the kernel runs dry (a short read means it has: a stream
+recv returns all that is queued up to the buffer size), at most
+READS_PER_WAKEUP rounds per wakeup for fairness; the rest is owed in the
+next iteration. Writes go out directly (Driver.send_now); EPOLLOUT is
+registered only while a backlog remains. Watchers (add_reader/add_writer) are
+level-triggered, as selectors are.
+"""
+
+from libc.stdlib cimport malloc, free
+from libc.stdint cimport uint32_t, uint64_t
+
+from fastsock.driver cimport *
+from fastsock.system cimport *
+
+cdef enum:
+    READ_BUFFER_SIZE = 256 * 1024
+    READS_PER_WAKEUP = 8
+    ACCEPTS_PER_WAKEUP = 128
+    DGRAMS_PER_WAKEUP = 64
+
+cdef uint32_t STREAM_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
+
+
+cdef class EpollDriver(Driver):
+
+    @staticmethod
+    cdef EpollDriver new(object loop):
+        cdef EpollDriver self = EpollDriver.__new__(EpollDriver)
+        cdef epoll_event ev
+        self.name = "epoll"
+        self.loop = loop
+        self.endpoints = {}
+        self.graveyard = []
+        self.pending = []
+        self.epfd = self.wakefd = self.reserve_fd = -1
+        self.rbuf_size = READ_BUFFER_SIZE
+        self.rbuf = <char *>malloc(self.rbuf_size)
+        if self.rbuf == NULL:
+            raise MemoryError()
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            self.close()
+            raise OSError(errno, "epoll_create1 failed")
+        self.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.wakefd < 0:
+            self.close()
+            raise OSError(errno, "eventfd failed")
+        ev.events = EPOLLIN | EPOLLET
+        ev.data.ptr = NULL          # NULL marks the wakeup eventfd
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.wakefd, &ev) < 0:
+            self.close()
+            raise OSError(errno, "epoll_ctl failed")
+        self.reserve_fd = open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+        return self
+
+    def __dealloc__(self):
+        if self.rbuf != NULL:
+            free(self.rbuf)
+            self.rbuf = NULL
+
+    cdef int close(self) except -1:
+        if self.closed:
+            return 0
+        self.closed = True
+        for fd in (self.epfd, self.wakefd, self.reserve_fd):
+            if fd >= 0:
+                close(fd)
+        self.epfd = self.wakefd = self.reserve_fd = -1
+        self.endpoints.clear()
+        self.pending.clear()
+        self.graveyard.clear()
+        return 0
+
+    cdef void wakeup(self) nogil:
+        cdef uint64_t one = 1
+        if self.wakefd >= 0:
+            write(self.wakefd, &one, 8)
+
+    # -- registration -------------------------------------------------------
+
+    cdef int ctl(self, int op, Endpoint ep, unsigned int events) except -1:
+        cdef epoll_event ev
+        ev.events = events
+        ev.data.ptr = <void *>ep
+        if epoll_ctl(self.epfd, op, ep.fd, &ev) < 0:
+            if op == EPOLL_CTL_MOD and errno == ENOENT:
+                # The owner closed the fd behind our back and it was
+                # reopened: the kernel dropped the old registration.
+                return self.ctl(EPOLL_CTL_ADD, ep, events)
+            raise OSError(errno, f"epoll_ctl on fd {ep.fd} failed")
+        ep.armed = events
+        return 0
+
+    cdef int add(self, Endpoint ep) except -1:
+        cdef unsigned int events
+        if ep.flags & EP_ADDED:
+            return 0
+        if ep.fd in self.endpoints:
+            raise RuntimeError(f"fd {ep.fd} is already used by the loop")
+        if ep.kind == KIND_WATCHER:
+            events = 0                      # watch() sets interest
+        elif ep.kind == KIND_LISTENER:
+            events = EPOLLIN | EPOLLET
+        else:
+            events = STREAM_EVENTS
+        self.ctl(EPOLL_CTL_ADD, ep, events)
+        self.endpoints[ep.fd] = ep
+        ep.driver = self
+        ep.flags |= EP_ADDED
+        return 0
+
+    cdef int start_reading(self, Endpoint ep) except -1:
+        if ep.flags & (EP_READING | EP_RELEASING):
+            return 0
+        ep.flags |= EP_READING
+        # Edge-triggered: data that came while we were not reading raised no
+        # new edge, so try once in the next iteration.
+        return self.defer(ep)
+
+    cdef int stop_reading(self, Endpoint ep) except -1:
+        ep.flags &= ~EP_READING
+        return 0
+
+    cdef int defer(self, Endpoint ep) except -1:
+        if not ep.flags & EP_PENDING:
+            ep.flags |= EP_PENDING
+            self.pending.append(ep)
+        return 0
+
+    cdef int set_out(self, Endpoint ep, bint on) except -1:
+        cdef unsigned int events = ep.armed
+        if on:
+            events |= EPOLLOUT
+        else:
+            events &= ~EPOLLOUT
+        if events != ep.armed:
+            self.ctl(EPOLL_CTL_MOD, ep, events)
+        return 0
+
+    cdef int watch(self, Endpoint ep, uint32_t events) except -1:
+        cdef unsigned int want = 0
+        if ep.flags & EP_RELEASING:
+            return 0
+        if ep.kind == KIND_WATCHER:
+            # Level-triggered like selectors: a callback that reads only
+            # part of the data is called again.
+            if events & POLLIN:
+                want |= EPOLLIN
+            if events & POLLOUT:
+                want |= EPOLLOUT
+            if want != ep.armed:
+                self.ctl(EPOLL_CTL_MOD, ep, want)
+            return 0
+        # datagram backlog: writable interest only
+        return self.set_out(ep, (events & POLLOUT) != 0)
+
+    cdef int flush(self, Endpoint ep) except -1:
+        cdef Py_ssize_t n
+        cdef int niov
+        if ep.flags & EP_RELEASING:
+            return 0
+        while True:
+            niov = ep.prepare_send()
+            if niov == 0:
+                ep.flags &= ~EP_SENDING
+                return self.set_out(ep, False)
+            ep.flags |= EP_SENDING
+            n = sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if n >= 0:
+                ep.on_sent(n)
+                continue
+            if errno == EINTR:
+                continue
+            if errno == EAGAIN:
+                return self.set_out(ep, True)
+            ep.flags &= ~EP_SENDING
+            self.set_out(ep, False)
+            return ep.on_send_error(errno)
+
+    cdef int release(self, Endpoint ep) except -1:
+        cdef epoll_event ev
+        if ep.flags & EP_RELEASING:
+            return 0
+        ep.flags |= EP_RELEASING
+        ep.flags &= ~(EP_READING | EP_SENDING)
+        if ep.flags & EP_ADDED:
+            epoll_ctl(self.epfd, EPOLL_CTL_DEL, ep.fd, &ev)
+            if self.endpoints.get(ep.fd) is ep:
+                del self.endpoints[ep.fd]
+            # Events for it may still sit in the current batch.
+            self.graveyard.append(ep)
+        ep.flags |= EP_RELEASED
+        ep.on_released()
+        return 0
+
+    # -- the loop -----------------------------------------------------------
+
+    cdef int poll(self, long timeout_ms) except -1:
+        cdef int n, i
+        cdef uint64_t drained
+        cdef Endpoint ep
+        if self.pending:
+            timeout_ms = 0
+        with nogil:
+            n = epoll_wait(self.epfd, self.events, EPOLL_MAX_EVENTS,
+                           <int>timeout_ms)
+        if n < 0:
+            if errno == EINTR:
+                n = 0
+            else:
+                raise OSError(errno, "epoll_wait failed")
+        for i in range(n):
+            if self.events[i].data.ptr == NULL:
+                read(self.wakefd, &drained, 8)
+                continue
+            ep = <Endpoint>self.events[i].data.ptr
+            if ep.flags & EP_RELEASING:
+                continue
+            try:
+                self.handle(ep, self.events[i].events)
+            except BaseException as exc:
+                self.dispatch_error(exc)
+        if self.pending:
+            self.run_pending()
+        if self.graveyard:
+            self.graveyard = []
+        return self.check_pending()
+
+    cdef int run_pending(self) except -1:
+        cdef list todo = self.pending
+        cdef Endpoint ep
+        self.pending = []
+        for ep in todo:
+            ep.flags &= ~EP_PENDING
+            if ep.flags & EP_RELEASING or not ep.flags & EP_READING:
+                continue
+            try:
+                if ep.kind == KIND_STREAM:
+                    self.read_stream(ep)
+                elif ep.kind == KIND_LISTENER:
+                    self.accept_all(ep)
+                elif ep.kind == KIND_DATAGRAM:
+                    self.read_datagrams(ep)
+            except BaseException as exc:
+                self.dispatch_error(exc)
+        return 0
+
+    cdef int handle(self, Endpoint ep, unsigned int ev) except -1:
+        cdef int kind = ep.kind
+        if kind == KIND_STREAM:
+            if ev & EPOLLOUT and ep.flags & EP_SENDING:
+                self.flush(ep)
+            if ep.flags & EP_READING and not ep.flags & EP_PENDING:
+                self.read_stream(ep)
+        elif kind == KIND_LISTENER:
+            if ep.flags & EP_READING and not ep.flags & EP_PENDING:
+                self.accept_all(ep)
+        elif kind == KIND_DATAGRAM:
+            if ev & (EPOLLOUT | EPOLLERR) and ep.armed & EPOLLOUT:
+                ep.on_ready(POLLOUT)
+            if ep.flags & EP_READING and not ep.flags & EP_PENDING:
+                self.read_datagrams(ep)
+        else:
+            ep.on_ready(ev)
+        return 0
+
+    cdef int read_stream(self, Endpoint ep) except -1:
+        cdef Py_ssize_t n
+        cdef int rounds = 0
+        while ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            if rounds == READS_PER_WAKEUP:
+                return self.defer(ep)
+            rounds += 1
+            n = recv(ep.fd, self.rbuf, <size_t>self.rbuf_size, 0)
+            if n > 0:
+                ep.on_data(self.rbuf, n)
+                if n < self.rbuf_size:
+                    return 0      # drained: the next arrival raises an edge
+            elif n == 0:
+                ep.flags &= ~EP_READING
+                return ep.on_eof()
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:
+                return 0
+            else:
+                ep.flags &= ~EP_READING
+                return ep.on_read_error(errno)
+        return 0
+
+    cdef int read_datagrams(self, Endpoint ep) except -1:
+        cdef Py_ssize_t n
+        cdef sockaddr_storage addr
+        cdef socklen_t addrlen
+        cdef int rounds = 0
+        while ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            if rounds == DGRAMS_PER_WAKEUP:
+                return self.defer(ep)
+            rounds += 1
+            addrlen = sizeof(addr)
+            n = recvfrom(ep.fd, self.rbuf, <size_t>self.rbuf_size, 0,
+                         <sockaddr *>&addr, &addrlen)
+            if n >= 0:
+                ep.on_datagram(self.rbuf, n, <sockaddr *>&addr, addrlen)
+            elif errno == EINTR:
+                continue
+            elif errno == EAGAIN:
+                return 0
+            else:
+                # ICMP errors and the like: reported, reading goes on.
+                ep.on_read_error(errno)
+        return 0
+
+    cdef int accept_all(self, Endpoint ep) except -1:
+        cdef int fd, err
+        cdef bint dropped
+        cdef int count = 0
+        while ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            if count == ACCEPTS_PER_WAKEUP:
+                return self.defer(ep)
+            fd = accept4(ep.fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+            if fd >= 0:
+                count += 1
+                ep.on_accept(fd)
+            elif errno == EINTR or errno == ECONNABORTED:
+                continue
+            elif errno == EAGAIN:
+                return 0
+            elif errno == EMFILE or errno == ENFILE:
+                err = errno
+                dropped = self.accept_emfile(ep)
+                ep.on_accept_error(err)
+                if not dropped:
+                    # Not even the spare fd helped: try again in a while
+                    # instead of spinning (asyncio waits the same second).
+                    ep.flags &= ~EP_READING
+                    self.loop.call_later(1.0, self._retry_accept, ep)
+                    return 0
+            else:
+                return ep.on_accept_error(errno)
+        return 0
+
+    cdef int accept_emfile(self, Endpoint ep) except -1:
+        # Out of fds: the pending connection would stay in the backlog and,
+        # edge-triggered, never be seen again. Give up the spare fd, accept
+        # the connection and drop it at once, take the spare back.
+        # Returns 1 if a connection was dropped.
+        cdef int fd = -1
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
+            fd = accept4(ep.fd, NULL, NULL, SOCK_CLOEXEC)
+            if fd >= 0:
+                close(fd)
+            self.reserve_fd = open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+        return fd >= 0
+
+    def _retry_accept(self, Endpoint ep):
+        if not ep.flags & EP_RELEASING and not self.closed:
+            self.start_reading(ep)
+
+
+def new_driver(loop):
+    """The epoll driver for `loop` (a fastsock CoreLoop)."""
+    return EpollDriver.new(loop)

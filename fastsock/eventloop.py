@@ -1,0 +1,379 @@
+"""fastsock's asyncio event loop: the Cython core plus the asyncio surface.
+
+`Loop` combines the Cython loop core (ready queue, timers, driver, fd
+watchers; fastsock/loop.pyx) with asyncio.BaseEventLoop, whose high-level
+orchestration (address resolution, happy eyeballs, Server objects, TLS over
+asyncio's SSLProtocol, executors, async generators, exception handling) is the
+reference behaviour. Everything that touches a socket or the kernel goes
+through fastsock's own transports and driver.
+
+Pipes and child processes use asyncio's own Unix pipe and subprocess
+transports on top of the loop's readiness watchers; the child's exit is seen
+through a pidfd in the driver, never through SIGCHLD.
+"""
+
+import errno
+import functools
+import os
+import signal
+import socket
+import warnings
+
+from asyncio import base_events, constants, exceptions, sslproto
+from asyncio import unix_events
+
+from fastsock import loop as _core
+from fastsock import transports as _transports
+
+_Unix = unix_events._UnixSelectorEventLoop
+
+
+class Loop(_core.CoreLoop, base_events.BaseEventLoop):
+    """An asyncio event loop driven by `driver` ("epoll" or "uring")."""
+
+    def __init__(self, driver_factory, backend):
+        base_events.BaseEventLoop.__init__(self)
+        self._set_driver(driver_factory(self))
+        self._backend = backend
+        self._signal_handlers = {}
+        self._listeners = {}
+        # Python's signal machinery writes signal numbers to this pair.
+        self._ssock, self._csock = socket.socketpair()
+        self._ssock.setblocking(False)
+        self._csock.setblocking(False)
+        self._add_reader(self._ssock.fileno(), self._read_from_self)
+
+    @property
+    def backend(self):
+        """The driver in use: "epoll" or "uring"."""
+        return self._backend
+
+    def __repr__(self):
+        return (f'<{type(self).__name__} backend={self._backend} '
+                f'running={self.is_running()} closed={self.is_closed()} '
+                f'debug={self.get_debug()}>')
+
+    def close(self):
+        if self.is_running():
+            raise RuntimeError("Cannot close a running event loop")
+        if self.is_closed():
+            return
+        import sys
+        if not sys.is_finalizing():
+            for sig in list(self._signal_handlers):
+                self.remove_signal_handler(sig)
+        elif self._signal_handlers:
+            warnings.warn(f"Closing the loop {self!r} on interpreter "
+                          f"shutdown stage, skipping signal handlers removal",
+                          ResourceWarning, source=self)
+            self._signal_handlers.clear()
+        super().close()
+        for sock in list(self._listeners):
+            self._stop_serving(sock)
+        self._close_driver()
+        self._ssock.close()
+        self._csock.close()
+
+    # -- self pipe for signals -------------------------------------------------
+
+    def _read_from_self(self):
+        while True:
+            try:
+                data = self._ssock.recv(4096)
+                if not data:
+                    break
+                self._process_self_data(data)
+            except InterruptedError:
+                continue
+            except BlockingIOError:
+                break
+
+    _process_self_data = _Unix._process_self_data
+    add_signal_handler = _Unix.add_signal_handler
+    remove_signal_handler = _Unix.remove_signal_handler
+    _handle_signal = _Unix._handle_signal
+    _check_signal = _Unix._check_signal
+
+    # -- readiness watchers ------------------------------------------------------
+
+    def _ensure_fd_no_transport(self, fd):
+        fileno = fd
+        if not isinstance(fileno, int):
+            try:
+                fileno = int(fileno.fileno())
+            except (AttributeError, TypeError, ValueError):
+                raise ValueError(f"Invalid file object: {fd!r}") from None
+        owner = self.driver.endpoints.get(fileno)
+        if (isinstance(owner, _transports.BaseTransport)
+                and not owner.is_closing()):
+            raise RuntimeError(
+                f'File descriptor {fd!r} is used by transport {owner!r}')
+
+    def add_reader(self, fd, callback, *args):
+        self._ensure_fd_no_transport(fd)
+        self._add_reader(fd, callback, *args)
+
+    def remove_reader(self, fd):
+        self._ensure_fd_no_transport(fd)
+        return self._remove_reader(fd)
+
+    def add_writer(self, fd, callback, *args):
+        self._ensure_fd_no_transport(fd)
+        self._add_writer(fd, callback, *args)
+
+    def remove_writer(self, fd):
+        self._ensure_fd_no_transport(fd)
+        return self._remove_writer(fd)
+
+    # -- transports ----------------------------------------------------------------
+
+    def _make_socket_transport(self, sock, protocol, waiter=None, *,
+                               extra=None, server=None):
+        return _transports.make_stream_transport(self, sock, protocol, waiter,
+                                                 extra, server)
+
+    def _make_ssl_transport(
+            self, rawsock, protocol, sslcontext, waiter=None,
+            *, server_side=False, server_hostname=None,
+            extra=None, server=None,
+            ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+            ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        ssl_protocol = sslproto.SSLProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        _transports.make_stream_transport(self, rawsock, ssl_protocol,
+                                          extra=extra, server=server)
+        return ssl_protocol._app_transport
+
+    def _make_datagram_transport(self, sock, protocol, address=None,
+                                 waiter=None, extra=None):
+        return _transports.make_datagram_transport(self, sock, protocol,
+                                                   address, waiter, extra)
+
+    def _start_serving(self, protocol_factory, sock, sslcontext=None,
+                       server=None, backlog=100,
+                       ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
+                       ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
+        self._check_closed()
+        if sock in self._listeners:
+            return
+        self._listeners[sock] = _transports.start_listener(
+            self, sock, protocol_factory, sslcontext, server,
+            ssl_handshake_timeout, ssl_shutdown_timeout)
+
+    def _stop_serving(self, sock):
+        listener = self._listeners.pop(sock, None)
+        if listener is not None:
+            listener.stop()      # closes sock once the driver forgot it
+        else:
+            sock.close()
+
+    create_unix_connection = _Unix.create_unix_connection
+    create_unix_server = _Unix.create_unix_server
+    _make_read_pipe_transport = _Unix._make_read_pipe_transport
+    _make_write_pipe_transport = _Unix._make_write_pipe_transport
+
+    # -- child processes -------------------------------------------------------------
+
+    async def _make_subprocess_transport(self, protocol, args, shell,
+                                         stdin, stdout, stderr, bufsize,
+                                         extra=None, **kwargs):
+        waiter = self.create_future()
+        transp = unix_events._UnixSubprocessTransport(
+            self, protocol, args, shell, stdin, stdout, stderr, bufsize,
+            waiter=waiter, extra=extra, **kwargs)
+        self._watch_child(transp)
+        try:
+            await waiter
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException:
+            transp.close()
+            await transp._wait()
+            raise
+        return transp
+
+    def _watch_child(self, transp):
+        # A pidfd becomes readable when the child exits: no SIGCHLD handler,
+        # no thread, and the child stays a zombie (its pid reserved) until
+        # we reap it.
+        pid = transp.get_pid()
+        pidfd = os.pidfd_open(pid)
+        self._add_reader(pidfd, self._child_exited, pid, pidfd, transp)
+
+    def _child_exited(self, pid, pidfd, transp):
+        self._remove_reader(pidfd)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(pid, 0)
+        except ChildProcessError:
+            # Somebody else reaped it; asyncio's watchers report 255 too.
+            returncode = 255
+            base_events.logger.warning(
+                "child process pid %d exit status already read: "
+                "will report returncode 255", pid)
+        else:
+            returncode = os.waitstatus_to_exitcode(status)
+        transp._process_exited(returncode)
+
+    # -- sockets -------------------------------------------------------------------
+
+    def _check_sock(self, sock):
+        base_events._check_ssl_socket(sock)
+        if self._debug and sock.gettimeout() != 0:
+            raise ValueError("the socket must be non-blocking")
+
+    async def _sock_io(self, sock, want_write, op, *args):
+        # One mechanism for every sock_* call: try at once; if the kernel
+        # would block, retry whenever the fd is ready until done.
+        try:
+            return op(*args)
+        except (BlockingIOError, InterruptedError):
+            pass
+        fd = sock.fileno()
+        self._ensure_fd_no_transport(fd)
+        fut = self.create_future()
+
+        def ready():
+            if fut.done():
+                return
+            try:
+                result = op(*args)
+            except (BlockingIOError, InterruptedError):
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+        if want_write:
+            self._add_writer(fd, ready)
+            fut.add_done_callback(lambda _: self._remove_writer(fd))
+        else:
+            self._add_reader(fd, ready)
+            fut.add_done_callback(lambda _: self._remove_reader(fd))
+        return await fut
+
+    async def sock_recv(self, sock, n):
+        self._check_sock(sock)
+        return await self._sock_io(sock, False, sock.recv, n)
+
+    async def sock_recv_into(self, sock, buf):
+        self._check_sock(sock)
+        return await self._sock_io(sock, False, sock.recv_into, buf)
+
+    async def sock_recvfrom(self, sock, bufsize):
+        self._check_sock(sock)
+        return await self._sock_io(sock, False, sock.recvfrom, bufsize)
+
+    async def sock_recvfrom_into(self, sock, buf, nbytes=0):
+        self._check_sock(sock)
+        if not nbytes:
+            nbytes = len(buf)
+        return await self._sock_io(sock, False, sock.recvfrom_into, buf,
+                                   nbytes)
+
+    async def sock_sendto(self, sock, data, address):
+        self._check_sock(sock)
+        return await self._sock_io(sock, True, sock.sendto, data, address)
+
+    async def sock_sendall(self, sock, data):
+        self._check_sock(sock)
+        view = memoryview(data).cast('B')
+        total = len(view)
+        sent = 0
+
+        def send_some():
+            nonlocal sent
+            while sent < total:
+                sent += sock.send(view[sent:])
+            return None
+
+        await self._sock_io(sock, True, send_some)
+
+    async def sock_accept(self, sock):
+        self._check_sock(sock)
+
+        def accept():
+            conn, address = sock.accept()
+            conn.setblocking(False)
+            return conn, address
+
+        return await self._sock_io(sock, False, accept)
+
+    async def sock_connect(self, sock, address):
+        self._check_sock(sock)
+        if sock.family == socket.AF_INET or (
+                base_events._HAS_IPv6 and sock.family == socket.AF_INET6):
+            resolved = await self._ensure_resolved(
+                address, family=sock.family, type=sock.type,
+                proto=sock.proto, loop=self)
+            _, _, _, _, address = resolved[0]
+        try:
+            sock.connect(address)
+            return
+        except (BlockingIOError, InterruptedError):
+            pass
+
+        def connected():
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err != 0:
+                raise OSError(err, f'Connect call failed {address}')
+
+        await self._sock_io(sock, True, connected)
+
+    # -- sendfile --------------------------------------------------------------------
+
+    async def _sendfile_native(self, transp, file, offset, count):
+        # Native zero-copy sendfile comes with the zero-copy work; until
+        # then asyncio's documented fallback does the job.
+        raise exceptions.SendfileNotAvailableError(
+            "native sendfile is not implemented for fastsock transports yet")
+
+    async def _sendfile_fallback(self, transp, file, offset, count):
+        if not isinstance(transp, _transports.StreamTransport):
+            return await super()._sendfile_fallback(transp, file, offset,
+                                                    count)
+        if offset:
+            file.seek(offset)
+        blocksize = min(count, 256 * 1024) if count else 256 * 1024
+        buf = bytearray(blocksize)
+        total_sent = 0
+        proto = _SendfileProtocol(transp)
+        try:
+            while True:
+                if count:
+                    blocksize = min(count - total_sent, blocksize)
+                    if blocksize <= 0:
+                        return total_sent
+                view = memoryview(buf)[:blocksize]
+                read = await self.run_in_executor(None, file.readinto, view)
+                if not read:
+                    return total_sent
+                await proto.drain()
+                transp.write(view[:read])
+                total_sent += read
+        finally:
+            if total_sent > 0 and hasattr(file, 'seek'):
+                file.seek(offset + total_sent)
+            await proto.restore()
+
+
+class _SendfileProtocol(base_events._SendfileFallbackProtocol):
+    """asyncio's fallback protocol, minus its _FlowControlMixin type check
+    (fastsock transports implement the same flow control in Cython)."""
+
+    def __init__(self, transp):
+        self._transport = transp
+        self._proto = transp.get_protocol()
+        self._should_resume_reading = transp.is_reading()
+        self._should_resume_writing = transp._protocol_paused
+        transp.pause_reading()
+        transp.set_protocol(self)
+        if self._should_resume_writing:
+            self._write_ready_fut = self._transport._loop.create_future()
+        else:
+            self._write_ready_fut = None

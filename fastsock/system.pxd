@@ -1,0 +1,137 @@
+# System declarations shared by the drivers and transports. Declarations only.
+
+from libc.stdint cimport uint32_t, uint64_t, int32_t
+
+
+cdef extern from "<errno.h>" nogil:
+    int errno
+    enum:
+        EAGAIN
+        EWOULDBLOCK
+        EINTR
+        EINPROGRESS
+        ENOBUFS
+        ECANCELED
+        ENOENT
+        EALREADY
+        ETIME
+        EMFILE
+        ENFILE
+        ENOMEM
+        ECONNABORTED
+        EPERM
+        ENOSYS
+        EBADF
+        EINVAL
+
+
+cdef extern from "<unistd.h>" nogil:
+    int close(int fd)
+    ssize_t read(int fd, void *buf, size_t count)
+    ssize_t write(int fd, const void *buf, size_t count)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        O_RDONLY
+        O_CLOEXEC
+    int open(const char *path, int flags)
+
+
+cdef extern from "<sys/uio.h>" nogil:
+    struct iovec:
+        void *iov_base
+        size_t iov_len
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    ctypedef unsigned short sa_family_t
+
+    struct sockaddr:
+        sa_family_t sa_family
+
+    struct sockaddr_storage:
+        sa_family_t ss_family
+
+    struct msghdr:
+        void *msg_name
+        socklen_t msg_namelen
+        iovec *msg_iov
+        size_t msg_iovlen
+        void *msg_control
+        size_t msg_controllen
+        int msg_flags
+
+    enum:
+        AF_UNIX
+        AF_INET
+        AF_INET6
+        SOCK_STREAM
+        SOCK_DGRAM
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        MSG_NOSIGNAL
+        MSG_DONTWAIT
+        MSG_TRUNC
+        SHUT_WR
+        SOL_SOCKET
+        SO_ERROR
+
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    ssize_t sendmsg(int fd, const msghdr *msg, int flags)
+    ssize_t recvfrom(int fd, void *buf, size_t n, int flags,
+                     sockaddr *addr, socklen_t *addrlen)
+    ssize_t sendto(int fd, const void *buf, size_t n, int flags,
+                   const sockaddr *addr, socklen_t addrlen)
+    int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
+    int shutdown(int fd, int how)
+    int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+
+
+cdef extern from "<sys/epoll.h>" nogil:
+    union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+
+    enum:
+        EPOLLIN
+        EPOLLOUT
+        EPOLLRDHUP
+        EPOLLPRI
+        EPOLLERR
+        EPOLLHUP
+        EPOLLET
+        EPOLLONESHOT
+        EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
+        EPOLL_CTL_DEL
+        EPOLL_CLOEXEC
+
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    enum:
+        EFD_NONBLOCK
+        EFD_CLOEXEC
+    int eventfd(unsigned int initval, int flags)
+
+
+cdef extern from "<poll.h>" nogil:
+    enum:
+        POLLIN
+        POLLOUT
+        POLLERR
+        POLLHUP
+        POLLPRI
+        POLLRDHUP

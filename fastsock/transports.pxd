@@ -1,0 +1,80 @@
+from fastsock.driver cimport Driver, Endpoint
+from fastsock.loop cimport CoreLoop
+
+
+cdef class BaseTransport(Endpoint):
+    # What stream and datagram transports share: lifecycle and flow control.
+    # Lifecycle: open -> closing (close(): the backlog drains) -> released
+    # (the driver forgot the fd) -> closed (connection_lost ran, fd closed).
+    cdef:
+        CoreLoop loop
+        object sock
+        object protocol
+        dict extra
+        object server
+        bint closing
+        bint paused                 # pause_reading()
+        bint protocol_paused        # pause_writing() sent to the protocol
+        int conn_lost
+        Py_ssize_t high_water
+        Py_ssize_t low_water
+        object lost_exc
+        object __weakref__
+
+    cdef int setup(self, CoreLoop loop, object sock, object protocol,
+                   object extra, object server) except -1
+    cdef int start(self, object waiter) except -1
+    cdef Py_ssize_t backlog(self)
+    cdef int drop_backlog(self) except -1
+    cdef int begin_release(self, object exc) except -1
+    cdef int fatal_error(self, object exc, str message) except -1
+    cdef int force_close(self, object exc) except -1
+    cdef int maybe_pause_protocol(self) except -1
+    cdef int maybe_resume_protocol(self) except -1
+
+
+cdef class StreamTransport(BaseTransport):
+    cdef:
+        list wbuf                   # bytes objects waiting to be sent
+        Py_ssize_t wbuf_start       # first live entry of wbuf
+        Py_ssize_t wbuf_offset      # bytes of wbuf[wbuf_start] already sent
+        Py_ssize_t wbuf_size
+        list held                   # an aborted backlog the kernel may read
+        bint eof                    # write_eof() called
+        bint buffered               # protocol is a BufferedProtocol
+        bytes stash                 # read but not delivered (paused)
+        object empty_waiter
+
+    @staticmethod
+    cdef StreamTransport new(CoreLoop loop, object sock, object protocol,
+                             object waiter, object extra, object server)
+    cdef int queue(self, object data, Py_ssize_t skip) except -1
+    cdef int feed_buffered(self, const char *buf, Py_ssize_t n) except -1
+    cdef int send_done(self) except -1
+
+
+cdef class DatagramTransport(BaseTransport):
+    cdef:
+        object address
+        object dbuf                 # deque of (bytes, addr)
+        Py_ssize_t dbuf_size
+        bint connected
+
+    @staticmethod
+    cdef DatagramTransport new(CoreLoop loop, object sock, object protocol,
+                               object address, object waiter, object extra)
+    cdef int send_backlog(self) except -1
+
+
+cdef class Listener(Endpoint):
+    cdef:
+        CoreLoop loop
+        object sock
+        object protocol_factory
+        object sslcontext
+        object server
+        object ssl_handshake_timeout
+        object ssl_shutdown_timeout
+        int family
+        int type
+        int proto

@@ -1,0 +1,780 @@
+# cython: language_level=3
+"""Stream, datagram and listening-socket transports.
+
+One class per kind, shared by both drivers: these classes receive events
+through the Endpoint contract (driver.pxd) and never learn which driver
+feeds them. Their behaviour follows asyncio's selector transports (the
+reference for every message, exception and callback order here).
+"""
+
+import collections
+import logging
+import os
+import socket
+
+from asyncio import constants, futures, protocols, trsock
+from asyncio import base_events
+
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
+                             PyBUF_SIMPLE, PyBUF_WRITABLE)
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE,
+                            PyBytes_FromStringAndSize)
+from libc.string cimport memcpy, strlen
+from libc.stdint cimport uint32_t
+
+from fastsock.driver cimport *
+from fastsock.system cimport *
+from fastsock.loop cimport CoreLoop
+
+logger = logging.getLogger('asyncio')
+
+cdef extern from "<arpa/inet.h>" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
+    unsigned short ntohs(unsigned short)
+    unsigned int ntohl(unsigned int)
+
+cdef extern from "<netinet/in.h>" nogil:
+    struct in_addr:
+        pass
+    struct in6_addr:
+        pass
+    struct sockaddr_in:
+        unsigned short sin_port
+        in_addr sin_addr
+    struct sockaddr_in6:
+        unsigned short sin6_port
+        unsigned int sin6_flowinfo
+        in6_addr sin6_addr
+        unsigned int sin6_scope_id
+
+cdef extern from "<sys/un.h>" nogil:
+    struct sockaddr_un:
+        char sun_path[108]
+
+cdef Py_ssize_t SUN_PATH_OFFSET = 2        # offsetof(sockaddr_un, sun_path)
+cdef object BufferedProtocol = protocols.BufferedProtocol
+cdef object TransportSocket = trsock.TransportSocket
+cdef object set_result_unless_cancelled = futures._set_result_unless_cancelled
+
+
+cdef object sockaddr_to_py(sockaddr *addr, socklen_t addrlen):
+    """The address as Python's socket module spells it."""
+    cdef char text[64]
+    cdef Py_ssize_t pathlen
+    cdef sockaddr_in *a4
+    cdef sockaddr_in6 *a6
+    cdef sockaddr_un *au
+    if addrlen == 0:
+        return None
+    if addr.sa_family == AF_INET:
+        a4 = <sockaddr_in *>addr
+        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
+        return (text.decode(), ntohs(a4.sin_port))
+    if addr.sa_family == AF_INET6:
+        a6 = <sockaddr_in6 *>addr
+        inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
+        return (text.decode(), ntohs(a6.sin6_port),
+                ntohl(a6.sin6_flowinfo), a6.sin6_scope_id)
+    if addr.sa_family == AF_UNIX:
+        au = <sockaddr_un *>addr
+        pathlen = addrlen - SUN_PATH_OFFSET
+        if pathlen <= 0:
+            return ''                   # unnamed socket
+        if au.sun_path[0] == 0:
+            return au.sun_path[:pathlen]   # abstract name: bytes
+        return os.fsdecode(au.sun_path[:strlen(au.sun_path)])
+    return None
+
+
+cdef object errno_error(int err):
+    # OSError(errno, ...) picks the subclass asyncio raises
+    # (ConnectionResetError, BrokenPipeError, ...).
+    return OSError(err, os.strerror(err))
+
+
+cdef class BaseTransport(Endpoint):
+
+    cdef int setup(self, CoreLoop loop, object sock, object protocol,
+                   object extra, object server) except -1:
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.extra = {} if extra is None else dict(extra)
+        self.extra['socket'] = TransportSocket(sock)
+        try:
+            self.extra['sockname'] = sock.getsockname()
+        except OSError:
+            self.extra['sockname'] = None
+        if 'peername' not in self.extra:
+            try:
+                self.extra['peername'] = sock.getpeername()
+            except OSError:
+                self.extra['peername'] = None
+        self.server = server
+        self.high_water = 64 * 1024
+        self.low_water = 16 * 1024
+        self.set_protocol(protocol)
+        loop.driver.add(self)
+        if server is not None:
+            server._attach()
+        return 0
+
+    cdef int start(self, object waiter) except -1:
+        self.loop.soon(self.protocol.connection_made, (self,), None)
+        # Only start reading once connection_made() has been called.
+        self.loop.soon(self._start_reading, (), None)
+        if waiter is not None:
+            # Only wake the waiter once connection_made() has been called.
+            self.loop.soon(set_result_unless_cancelled, (waiter, None), None)
+        return 0
+
+    def _start_reading(self):
+        if self.is_reading():
+            self.loop.driver.start_reading(self)
+
+    # -- asyncio.BaseTransport ------------------------------------------------
+
+    def get_extra_info(self, name, default=None):
+        return self.extra.get(name, default)
+
+    def is_closing(self):
+        return self.closing
+
+    def set_protocol(self, protocol):
+        self.protocol = protocol
+
+    def get_protocol(self):
+        return self.protocol
+
+    @property
+    def _loop(self):
+        return self.loop
+
+    @property
+    def _sock(self):
+        return self.sock
+
+    @property
+    def _protocol_paused(self):
+        return self.protocol_paused
+
+    def is_reading(self):
+        return not self.paused and not self.closing
+
+    def pause_reading(self):
+        if not self.is_reading():
+            return
+        self.paused = True
+        self.loop.driver.stop_reading(self)
+        if self.loop.debug:
+            logger.debug("%r pauses reading", self)
+
+    def resume_reading(self):
+        if self.closing or not self.paused:
+            return
+        self.paused = False
+        self.loop.driver.start_reading(self)
+        if self.loop.debug:
+            logger.debug("%r resumes reading", self)
+
+    def close(self):
+        if self.closing:
+            return
+        self.closing = True
+        self.loop.driver.stop_reading(self)
+        if self.backlog() == 0:
+            self.conn_lost += 1
+            self.begin_release(None)
+
+    def abort(self):
+        self.force_close(None)
+
+    def __repr__(self):
+        info = [type(self).__name__]
+        if self.sock is None:
+            info.append('closed')
+        elif self.closing:
+            info.append('closing')
+        info.append(f'fd={self.fd}')
+        if self.loop is not None and not self.loop.closed:
+            info.append('read=' + ('polling' if self.is_reading() else 'idle'))
+            info.append(f'write=<bufsize={self.backlog()}>')
+        return '<{}>'.format(' '.join(info))
+
+    # -- flow control (asyncio.transports._FlowControlMixin) ------------------
+
+    def get_write_buffer_size(self):
+        return self.backlog()
+
+    def get_write_buffer_limits(self):
+        return (self.low_water, self.high_water)
+
+    def set_write_buffer_limits(self, high=None, low=None):
+        if high is None:
+            high = 64 * 1024 if low is None else 4 * low
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(
+                f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
+        self.high_water = high
+        self.low_water = low
+        self.maybe_pause_protocol()
+
+    cdef int maybe_pause_protocol(self) except -1:
+        if self.backlog() <= self.high_water or self.protocol_paused:
+            return 0
+        self.protocol_paused = True
+        try:
+            self.protocol.pause_writing()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.loop.call_exception_handler({
+                'message': 'protocol.pause_writing() failed',
+                'exception': exc,
+                'transport': self,
+                'protocol': self.protocol,
+            })
+        return 0
+
+    cdef int maybe_resume_protocol(self) except -1:
+        if self.protocol_paused and self.backlog() <= self.low_water:
+            self.protocol_paused = False
+            try:
+                self.protocol.resume_writing()
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.loop.call_exception_handler({
+                    'message': 'protocol.resume_writing() failed',
+                    'exception': exc,
+                    'transport': self,
+                    'protocol': self.protocol,
+                })
+        return 0
+
+    # -- lifecycle -------------------------------------------------------------
+
+    cdef Py_ssize_t backlog(self):
+        return 0
+
+    cdef int drop_backlog(self) except -1:
+        return 0
+
+    cdef int fatal_error(self, object exc, str message) except -1:
+        if isinstance(exc, OSError):
+            if self.loop.debug:
+                logger.debug("%r: %s", self, message, exc_info=True)
+        else:
+            self.loop.call_exception_handler({
+                'message': message,
+                'exception': exc,
+                'transport': self,
+                'protocol': self.protocol,
+            })
+        return self.force_close(exc)
+
+    cdef int force_close(self, object exc) except -1:
+        if self.conn_lost:
+            return 0
+        self.drop_backlog()
+        if not self.closing:
+            self.closing = True
+            self.loop.driver.stop_reading(self)
+        self.conn_lost += 1
+        return self.begin_release(exc)
+
+    cdef int begin_release(self, object exc) except -1:
+        # The driver forgets the fd first (io_uring: after cancelling what is
+        # in flight); connection_lost follows from on_released().
+        self.lost_exc = exc
+        return self.loop.driver.release(self)
+
+    cdef int on_released(self) except -1:
+        self.loop.soon(self._call_connection_lost, (self.lost_exc,), None)
+        self.lost_exc = None
+        return 0
+
+    def _call_connection_lost(self, exc):
+        try:
+            self.protocol.connection_lost(exc)
+        finally:
+            # The driver has forgotten the fd: now it may be closed.
+            self.sock.close()
+            self.sock = None
+            self.protocol = None
+            server = self.server
+            if server is not None:
+                server._detach()
+                self.server = None
+
+
+cdef class StreamTransport(BaseTransport):
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    @staticmethod
+    cdef StreamTransport new(CoreLoop loop, object sock, object protocol,
+                             object waiter, object extra, object server):
+        cdef StreamTransport self = StreamTransport.__new__(StreamTransport)
+        self.kind = KIND_STREAM
+        self.wbuf = []
+        base_events._set_nodelay(sock)
+        self.setup(loop, sock, protocol, extra, server)
+        self.start(waiter)
+        return self
+
+    def set_protocol(self, protocol):
+        self.buffered = isinstance(protocol, BufferedProtocol)
+        self.protocol = protocol
+
+    # -- reading ---------------------------------------------------------------
+
+    cdef int on_data(self, const char *buf, Py_ssize_t n) except -1:
+        if self.buffered:
+            return self.feed_buffered(buf, n)
+        data = PyBytes_FromStringAndSize(buf, n)
+        try:
+            self.protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(
+                exc, 'Fatal error: protocol.data_received() call failed.')
+        return 0
+
+    cdef int feed_buffered(self, const char *buf, Py_ssize_t n) except -1:
+        cdef Py_buffer view
+        cdef Py_ssize_t k
+        while n > 0:
+            if self.paused or self.closing:
+                # Read before the protocol paused: delivered on resume.
+                self.stash = PyBytes_FromStringAndSize(buf, n)
+                return 0
+            try:
+                target = self.protocol.get_buffer(-1)
+                PyObject_GetBuffer(target, &view, PyBUF_WRITABLE)
+                try:
+                    if view.len == 0:
+                        raise RuntimeError('get_buffer() returned an empty buffer')
+                    k = min(n, view.len)
+                    memcpy(view.buf, buf, k)
+                finally:
+                    PyBuffer_Release(&view)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(
+                    exc, 'Fatal error: protocol.get_buffer() call failed.')
+                return 0
+            try:
+                self.protocol.buffer_updated(k)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(
+                    exc, 'Fatal error: protocol.buffer_updated() call failed.')
+                return 0
+            buf += k
+            n -= k
+        return 0
+
+    def resume_reading(self):
+        if self.closing or not self.paused:
+            return
+        self.paused = False
+        if self.stash is not None:
+            self.loop.soon(self._deliver_stash, (), None)
+        else:
+            self.loop.driver.start_reading(self)
+
+    def _deliver_stash(self):
+        cdef bytes data = self.stash
+        self.stash = None
+        if data is not None and not self.closing:
+            self.feed_buffered(PyBytes_AS_STRING(data), len(data))
+        if self.stash is None and self.is_reading():
+            self.loop.driver.start_reading(self)
+
+    cdef int on_eof(self) except -1:
+        if self.loop.debug:
+            logger.debug("%r received EOF", self)
+        try:
+            keep_open = self.protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(
+                exc, 'Fatal error: protocol.eof_received() call failed.')
+            return 0
+        if keep_open:
+            # The protocol may still write; there is nothing more to read.
+            self.loop.driver.stop_reading(self)
+        else:
+            self.close()
+        return 0
+
+    cdef int on_read_error(self, int err) except -1:
+        return self.fatal_error(errno_error(err),
+                                'Fatal read error on socket transport')
+
+    # -- writing ---------------------------------------------------------------
+
+    def write(self, data):
+        cdef Py_buffer view
+        cdef Py_ssize_t sent
+        if type(data) is not bytes and not isinstance(
+                data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if self.eof:
+            raise RuntimeError('Cannot call write() after write_eof()')
+        if self.empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
+        if not data:
+            return
+        if self.conn_lost:
+            if self.conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning('socket.send() raised exception.')
+            self.conn_lost += 1
+            return
+        if self.wbuf_size:
+            # A backlog is being sent: keep order.
+            self.queue(data, 0)
+            return self.maybe_pause_protocol()
+        try:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        except BufferError:
+            data = memoryview(data).tobytes()     # not contiguous
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            sent = self.loop.driver.send_now(self, <const char *>view.buf,
+                                             view.len)
+            if sent == view.len:
+                return
+            if sent < 0:
+                return self.fatal_error(errno_error(-sent),
+                                        'Fatal write error on socket transport')
+        finally:
+            PyBuffer_Release(&view)
+        self.queue(data, sent)
+        self.loop.driver.flush(self)
+        self.maybe_pause_protocol()
+
+    def writelines(self, list_of_data):
+        self.write(b''.join(list_of_data))
+
+    cdef int queue(self, object data, Py_ssize_t skip) except -1:
+        # The caller may reuse a mutable buffer once write() returns, so only
+        # bytes are kept as they are; `skip` bytes of it are already sent.
+        if type(data) is not bytes:
+            data = memoryview(data).tobytes()
+        if not self.wbuf_size:
+            self.wbuf_offset = skip
+        self.wbuf.append(data)
+        self.wbuf_size += PyBytes_GET_SIZE(data) - skip
+        return 0
+
+    cdef Py_ssize_t backlog(self):
+        return self.wbuf_size
+
+    cdef int prepare_send(self) except -1:
+        cdef int i = 0
+        cdef Py_ssize_t idx = self.wbuf_start
+        cdef Py_ssize_t end = len(self.wbuf)
+        cdef Py_ssize_t offset = self.wbuf_offset
+        cdef bytes chunk
+        while idx < end and i < SEND_IOV_MAX:
+            chunk = self.wbuf[idx]
+            self.send_iov[i].iov_base = PyBytes_AS_STRING(chunk) + offset
+            self.send_iov[i].iov_len = PyBytes_GET_SIZE(chunk) - offset
+            offset = 0
+            idx += 1
+            i += 1
+        self.send_msg.msg_name = NULL
+        self.send_msg.msg_namelen = 0
+        self.send_msg.msg_iov = self.send_iov
+        self.send_msg.msg_iovlen = i
+        self.send_msg.msg_control = NULL
+        self.send_msg.msg_controllen = 0
+        self.send_msg.msg_flags = 0
+        return i
+
+    cdef int on_sent(self, Py_ssize_t n) except -1:
+        cdef Py_ssize_t left
+        self.wbuf_size -= n
+        while n > 0:
+            left = PyBytes_GET_SIZE(self.wbuf[self.wbuf_start]) - self.wbuf_offset
+            if n < left:
+                self.wbuf_offset += n
+                break
+            n -= left
+            self.wbuf[self.wbuf_start] = None
+            self.wbuf_start += 1
+            self.wbuf_offset = 0
+        if self.wbuf_size == 0:
+            self.wbuf.clear()
+            self.wbuf_start = 0
+        elif self.wbuf_start > 64 and self.wbuf_start * 2 > len(self.wbuf):
+            del self.wbuf[:self.wbuf_start]
+            self.wbuf_start = 0
+        self.maybe_resume_protocol()    # may write more
+        if self.wbuf_size == 0:
+            self.send_done()
+        return 0
+
+    cdef int send_done(self) except -1:
+        if self.empty_waiter is not None:
+            self.empty_waiter.set_result(None)
+        if self.closing:
+            if not self.conn_lost:
+                self.conn_lost += 1
+                self.begin_release(None)
+        elif self.eof:
+            self.sock.shutdown(socket.SHUT_WR)
+        return 0
+
+    cdef int on_send_error(self, int err) except -1:
+        exc = errno_error(err)
+        self.fatal_error(exc, 'Fatal write error on socket transport')
+        if self.empty_waiter is not None:
+            self.empty_waiter.set_exception(exc)
+        return 0
+
+    cdef int drop_backlog(self) except -1:
+        # An io_uring send may still point into these buffers: keep them
+        # until the driver releases the transport.
+        if self.wbuf:
+            if self.held is None:
+                self.held = []
+            self.held.append(self.wbuf)
+            self.wbuf = []
+        self.wbuf_size = self.wbuf_start = self.wbuf_offset = 0
+        return 0
+
+    cdef int on_released(self) except -1:
+        self.held = None
+        return BaseTransport.on_released(self)
+
+    def can_write_eof(self):
+        return True
+
+    def write_eof(self):
+        if self.closing or self.eof:
+            return
+        self.eof = True
+        if not self.wbuf_size:
+            self.sock.shutdown(socket.SHUT_WR)
+
+    # -- sendfile support (asyncio's protocol for loop.sendfile) ---------------
+
+    def _make_empty_waiter(self):
+        if self.empty_waiter is not None:
+            raise RuntimeError("Empty waiter is already set")
+        self.empty_waiter = self.loop.create_future()
+        if not self.wbuf_size:
+            self.empty_waiter.set_result(None)
+        return self.empty_waiter
+
+    def _reset_empty_waiter(self):
+        self.empty_waiter = None
+
+
+cdef class DatagramTransport(BaseTransport):
+
+    @staticmethod
+    cdef DatagramTransport new(CoreLoop loop, object sock, object protocol,
+                               object address, object waiter, object extra):
+        cdef DatagramTransport self = DatagramTransport.__new__(DatagramTransport)
+        self.kind = KIND_DATAGRAM
+        self.dbuf = collections.deque()
+        self.address = address
+        self.setup(loop, sock, protocol, extra, None)
+        self.connected = bool(self.extra['peername'])
+        self.start(waiter)
+        return self
+
+    cdef Py_ssize_t backlog(self):
+        return self.dbuf_size
+
+    cdef int drop_backlog(self) except -1:
+        self.dbuf.clear()
+        self.dbuf_size = 0
+        self.loop.driver.watch(self, 0)
+        return 0
+
+    cdef int on_datagram(self, const char *buf, Py_ssize_t n,
+                         sockaddr *addr, socklen_t addrlen) except -1:
+        if self.conn_lost:
+            return 0
+        data = PyBytes_FromStringAndSize(buf, n)
+        try:
+            self.protocol.datagram_received(data, sockaddr_to_py(addr, addrlen))
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal read error on datagram transport')
+        return 0
+
+    cdef int on_read_error(self, int err) except -1:
+        self.protocol.error_received(errno_error(err))
+        return 0
+
+    def sendto(self, data, addr=None):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data argument must be a bytes-like object, '
+                            f'not {type(data).__name__!r}')
+        if not data:
+            return
+        if self.address:
+            if addr not in (None, self.address):
+                raise ValueError(
+                    f'Invalid address: must be None or {self.address}')
+            addr = self.address
+        if self.conn_lost and self.address:
+            if self.conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
+                logger.warning('socket.send() raised exception.')
+            self.conn_lost += 1
+            return
+        if not self.dbuf:
+            try:
+                if self.connected:
+                    self.sock.send(data)
+                else:
+                    self.sock.sendto(data, addr)
+                return
+            except (BlockingIOError, InterruptedError):
+                self.loop.driver.watch(self, POLLOUT)
+            except OSError as exc:
+                self.protocol.error_received(exc)
+                return
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(exc, 'Fatal write error on datagram transport')
+                return
+        # What we keep must not change under us.
+        self.dbuf.append((bytes(data), addr))
+        self.dbuf_size += len(data)
+        self.maybe_pause_protocol()
+
+    cdef int on_ready(self, uint32_t revents) except -1:
+        return self.send_backlog()
+
+    cdef int send_backlog(self) except -1:
+        while self.dbuf:
+            data, addr = self.dbuf.popleft()
+            self.dbuf_size -= len(data)
+            try:
+                if self.connected:
+                    self.sock.send(data)
+                else:
+                    self.sock.sendto(data, addr)
+            except (BlockingIOError, InterruptedError):
+                self.dbuf.appendleft((data, addr))     # later
+                self.dbuf_size += len(data)
+                break
+            except OSError as exc:
+                self.protocol.error_received(exc)
+                return 0
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self.fatal_error(exc, 'Fatal write error on datagram transport')
+                return 0
+        self.maybe_resume_protocol()    # may queue more
+        if not self.dbuf:
+            self.loop.driver.watch(self, 0)
+            if self.closing and not self.conn_lost:
+                self.conn_lost += 1
+                self.begin_release(None)
+        return 0
+
+
+cdef class Listener(Endpoint):
+    """A listening socket: accepted connections become StreamTransports."""
+
+    @staticmethod
+    def start(CoreLoop loop, sock, protocol_factory, sslcontext, server,
+              ssl_handshake_timeout, ssl_shutdown_timeout):
+        cdef Listener self = Listener.__new__(Listener)
+        self.kind = KIND_LISTENER
+        self.loop = loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.family = sock.family
+        self.type = sock.type
+        self.proto = sock.proto
+        self.protocol_factory = protocol_factory
+        self.sslcontext = sslcontext
+        self.server = server
+        self.ssl_handshake_timeout = ssl_handshake_timeout
+        self.ssl_shutdown_timeout = ssl_shutdown_timeout
+        loop.driver.add(self)
+        loop.driver.start_reading(self)
+        return self
+
+    def stop(self):
+        self.loop.driver.release(self)
+
+    cdef int on_accept(self, int fd) except -1:
+        # Family, type and proto given: the socket object asks the kernel
+        # nothing. SOCK_NONBLOCK tells it the fd is nonblocking already.
+        conn = socket.socket(self.family, self.type | socket.SOCK_NONBLOCK,
+                             self.proto, fd)
+        try:
+            protocol = self.protocol_factory()
+            if self.sslcontext is not None:
+                self.loop._make_ssl_transport(
+                    conn, protocol, self.sslcontext, None,
+                    server_side=True, server=self.server,
+                    ssl_handshake_timeout=self.ssl_handshake_timeout,
+                    ssl_shutdown_timeout=self.ssl_shutdown_timeout)
+            else:
+                StreamTransport.new(self.loop, conn, protocol, None, None,
+                                    self.server)
+        except (SystemExit, KeyboardInterrupt):
+            conn.close()
+            raise
+        except BaseException as exc:
+            conn.close()
+            self.loop.call_exception_handler({
+                'message': 'Error on transport creation for incoming connection',
+                'exception': exc,
+            })
+        return 0
+
+    cdef int on_accept_error(self, int err) except -1:
+        exc = errno_error(err)
+        if err in (EMFILE, ENFILE, ENOBUFS, ENOMEM):
+            message = 'socket.accept() out of system resource'
+        else:
+            message = 'Error accepting a connection'
+        self.loop.call_exception_handler({
+            'message': message,
+            'exception': exc,
+            'socket': TransportSocket(self.sock),
+        })
+        return 0
+
+    cdef int on_released(self) except -1:
+        self.sock.close()
+        return 0
+
+
+def make_stream_transport(CoreLoop loop, sock, protocol, waiter=None,
+                          extra=None, server=None):
+    return StreamTransport.new(loop, sock, protocol, waiter, extra, server)
+
+
+def make_datagram_transport(CoreLoop loop, sock, protocol, address=None,
+                            waiter=None, extra=None):
+    return DatagramTransport.new(loop, sock, protocol, address, waiter, extra)
+
+
+def start_listener(CoreLoop loop, sock, protocol_factory, sslcontext, server,
+                   ssl_handshake_timeout, ssl_shutdown_timeout):
+    return Listener.start(loop, sock, protocol_factory, sslcontext, server,
+                          ssl_handshake_timeout, ssl_shutdown_timeout)
