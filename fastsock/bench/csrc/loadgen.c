@@ -1,0 +1,835 @@
+/*
+ * loadgen: the native load generator behind `fastsock bench`.
+ *
+ * One thread, one epoll instance, no Python anywhere in the loop, so that the
+ * generator is cheaper per request than any Python server it measures.
+ *
+ * Every byte the generator sends comes from a fixed pseudo-random pattern,
+ * indexed by the position in the connection's byte stream (offset by the
+ * connection number, so bytes crossing connections are caught too).  Every
+ * byte that comes back is compared with what must be at that position:
+ * mismatches, short streams and surplus bytes are counted and reported, never
+ * dropped silently.
+ *
+ * Modes:
+ *   pingpong  N connections, each keeps `pipeline` messages of `size` bytes in
+ *             flight; a message counts when its last echoed byte arrives.
+ *   stream    N connections push `size`-byte writes with up to `window` bytes
+ *             unanswered; counts echoed bytes (bytes per second each way).
+ *   churn     N slots, each: connect, send `size` bytes, read them back,
+ *             close; one request = one accepted connection.
+ *   recv      N slots, each: connect, read until EOF, expect exactly `size`
+ *             bytes of the pattern (the server sends a pattern file).
+ *   hold      connect N, one round trip each, print a JSON line, then hold
+ *             the connections open until stdin reaches EOF (idle memory).
+ *   pattern   write `size` bytes of the pattern to --file and exit.
+ *
+ * Addresses: tcp:HOST:PORT, unix:/path, unix:@abstract-name.
+ * Output: one JSON object on stdout.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PATLEN 65521u            /* prime: no message size divides it */
+#define RBUF (256 * 1024)
+#define HBUCKETS 4096
+#define SUB_BITS 7
+
+enum mode { PINGPONG, STREAM, CHURN, RECV, HOLD, PATTERN };
+enum cstate { C_IDLE, C_CONNECTING, C_OPEN };
+
+struct conn {
+    int fd;
+    int idx;
+    enum cstate state;
+    int want_out;                /* EPOLLOUT currently registered */
+    uint64_t base;               /* pattern offset of stream byte 0 */
+    uint64_t tx, tx_goal, rx;    /* stream positions */
+    uint64_t started;            /* churn/recv: connect time, ns */
+    uint64_t *sent_at;           /* pingpong: send time per in-flight msg */
+};
+
+static struct {
+    enum mode mode;
+    int conns, pipeline, server_pid, linger0;
+    size_t size, window;
+    double warmup, duration;
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    int tcp;
+    const char *file;
+} opt = {PINGPONG, 50, 1, 0, 1, 64, 0, 0.5, 2.0, {0}, 0, 0, NULL};
+
+static unsigned char *pat;       /* PATLEN + RBUF bytes, so any slice is flat */
+static unsigned char rbuf[RBUF];
+static int epfd;
+static struct conn *conns;
+
+/* Counters; `measuring` gates what lands in the reported window. */
+static int measuring;
+static uint64_t n_req, n_bytes;
+static uint64_t hist[HBUCKETS];
+static uint64_t lat_sum_ns, lat_max_ns;
+/* Errors always count, whatever the phase. */
+static uint64_t e_mismatch, e_surplus, e_eof, e_reset, e_connect, e_short;
+static uint64_t connect_retries;
+static char first_error[200];
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + ts.tv_nsec;
+}
+
+static void note_error(const char *fmt, int idx, long v)
+{
+    if (!first_error[0])
+        snprintf(first_error, sizeof first_error, fmt, idx, v);
+}
+
+static void die(const char *what)
+{
+    fprintf(stderr, "loadgen: %s: %s\n", what, strerror(errno));
+    exit(2);
+}
+
+/* Log-linear histogram: 64 sub-buckets per octave above 128 ns, so any
+ * percentile is within 1.6% of the true value. */
+static int bucket_of(uint64_t v)
+{
+    if (v < (1u << SUB_BITS))
+        return (int)v;
+    int msb = 63 - __builtin_clzll(v);
+    int shift = msb - (SUB_BITS - 1);
+    int idx = shift * (1 << (SUB_BITS - 1)) + (int)(v >> shift);
+    return idx < HBUCKETS ? idx : HBUCKETS - 1;
+}
+
+static double bucket_mid_ns(int idx)
+{
+    if (idx < (1 << SUB_BITS))
+        return idx;
+    int half = 1 << (SUB_BITS - 1);
+    int shift = idx / half - 1;
+    uint64_t mant = (uint64_t)(idx - shift * half);
+    return ((double)(mant << shift) + (double)((mant + 1) << shift)) / 2.0;
+}
+
+static void record_latency(uint64_t ns)
+{
+    if (!measuring)
+        return;
+    hist[bucket_of(ns)]++;
+    lat_sum_ns += ns;
+    if (ns > lat_max_ns)
+        lat_max_ns = ns;
+}
+
+static double percentile_us(double p)
+{
+    uint64_t total = 0, seen = 0;
+    for (int i = 0; i < HBUCKETS; i++)
+        total += hist[i];
+    if (!total)
+        return 0;
+    uint64_t rank = (uint64_t)(p * (double)total);
+    if (rank >= total)
+        rank = total - 1;
+    for (int i = 0; i < HBUCKETS; i++) {
+        seen += hist[i];
+        if (seen > rank)
+            return bucket_mid_ns(i) / 1000.0;
+    }
+    return 0;
+}
+
+static void make_pattern(void)
+{
+    pat = malloc(PATLEN + RBUF);
+    if (!pat)
+        die("malloc");
+    uint32_t x = 2463534242u;            /* xorshift32: cheap, no short cycles */
+    for (size_t i = 0; i < PATLEN; i++) {
+        x ^= x << 13; x ^= x >> 17; x ^= x << 5;
+        pat[i] = (unsigned char)x;
+    }
+    /* RBUF > PATLEN, so the tail repeats the pattern more than once. */
+    for (size_t i = PATLEN; i < PATLEN + RBUF; i++)
+        pat[i] = pat[i - PATLEN];
+}
+
+static const unsigned char *pat_at(uint64_t off)
+{
+    return pat + off % PATLEN;
+}
+
+/* ---- address parsing -------------------------------------------------- */
+
+static void parse_addr(const char *s)
+{
+    memset(&opt.addr, 0, sizeof opt.addr);
+    if (!strncmp(s, "unix:", 5)) {
+        struct sockaddr_un *un = (struct sockaddr_un *)&opt.addr;
+        const char *path = s + 5;
+        size_t n = strlen(path);
+        if (n == 0 || n >= sizeof un->sun_path) {
+            fprintf(stderr, "loadgen: bad unix path\n");
+            exit(2);
+        }
+        un->sun_family = AF_UNIX;
+        memcpy(un->sun_path, path, n);
+        if (path[0] == '@') {            /* abstract namespace: no NUL end */
+            un->sun_path[0] = '\0';
+            opt.addrlen = offsetof(struct sockaddr_un, sun_path) + n;
+        } else {
+            opt.addrlen = sizeof *un;
+        }
+        return;
+    }
+    if (!strncmp(s, "tcp:", 4)) {
+        char host[256];
+        const char *colon = strrchr(s + 4, ':');
+        if (!colon || (size_t)(colon - (s + 4)) >= sizeof host) {
+            fprintf(stderr, "loadgen: expected tcp:HOST:PORT\n");
+            exit(2);
+        }
+        memcpy(host, s + 4, colon - (s + 4));
+        host[colon - (s + 4)] = '\0';
+        if (host[0] == '[') {            /* [::1] */
+            memmove(host, host + 1, strlen(host));
+            host[strlen(host) - 1] = '\0';
+        }
+        struct addrinfo hints = {0}, *ai;
+        hints.ai_socktype = SOCK_STREAM;
+        int rc = getaddrinfo(host, colon + 1, &hints, &ai);
+        if (rc) {
+            fprintf(stderr, "loadgen: %s: %s\n", s, gai_strerror(rc));
+            exit(2);
+        }
+        memcpy(&opt.addr, ai->ai_addr, ai->ai_addrlen);
+        opt.addrlen = ai->ai_addrlen;
+        opt.tcp = 1;
+        freeaddrinfo(ai);
+        return;
+    }
+    fprintf(stderr, "loadgen: address must be tcp:HOST:PORT or unix:PATH\n");
+    exit(2);
+}
+
+static int new_socket(int nonblock)
+{
+    int fd = socket(opt.addr.ss_family,
+                    SOCK_STREAM | SOCK_CLOEXEC | (nonblock ? SOCK_NONBLOCK : 0), 0);
+    if (fd < 0)
+        die("socket");
+    if (opt.tcp) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        if (opt.linger0 && (opt.mode == CHURN || opt.mode == RECV)) {
+            /* Close with RST: otherwise the client side piles up TIME_WAIT
+             * sockets and runs out of ephemeral ports within seconds. */
+            struct linger lg = {1, 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+        }
+    }
+    return fd;
+}
+
+/* ---- connection plumbing ---------------------------------------------- */
+
+static void set_out(struct conn *c, int on)
+{
+    if (c->want_out == on)
+        return;
+    struct epoll_event ev = {.events = EPOLLIN | (on ? EPOLLOUT : 0),
+                             .data.ptr = c};
+    if (epoll_ctl(epfd, EPOLL_CTL_MOD, c->fd, &ev) < 0)
+        die("epoll_ctl mod");
+    c->want_out = on;
+}
+
+static void conn_close(struct conn *c)
+{
+    if (c->fd >= 0) {
+        epoll_ctl(epfd, EPOLL_CTL_DEL, c->fd, NULL);
+        close(c->fd);
+    }
+    c->fd = -1;
+    c->state = C_IDLE;
+    c->want_out = 0;
+}
+
+static void conn_reset_stream(struct conn *c)
+{
+    /* Churn and recv start each connection at pattern offset 0 + idx*7919;
+     * recv must start at 0 because the server sends the pattern file. */
+    c->base = opt.mode == RECV ? 0 : (uint64_t)c->idx * 7919u;
+    c->tx = c->rx = 0;
+    c->tx_goal = 0;
+}
+
+static void conn_start_connect(struct conn *c);
+
+/* Write as much of [tx, tx_goal) as the socket takes. Returns -1 on error. */
+static int conn_flush(struct conn *c)
+{
+    while (c->tx < c->tx_goal) {
+        size_t n = c->tx_goal - c->tx;
+        if (n > opt.size && opt.mode == STREAM)
+            n = opt.size;                /* stream: writes of exactly `size` */
+        if (n > RBUF)
+            n = RBUF;
+        ssize_t w = send(c->fd, pat_at(c->base + c->tx), n, MSG_NOSIGNAL);
+        if (w < 0) {
+            if (errno == EAGAIN) {
+                set_out(c, 1);
+                return 0;
+            }
+            if (errno == EINTR)
+                continue;
+            e_reset++;
+            note_error("conn %d: send failed, errno %ld", c->idx, errno);
+            return -1;
+        }
+        c->tx += (uint64_t)w;
+    }
+    set_out(c, 0);
+    return 0;
+}
+
+static void stream_refill(struct conn *c)
+{
+    c->tx_goal = c->rx + opt.window;
+}
+
+/* A connection finished (churn, recv) or broke: replace it. */
+static void conn_recycle(struct conn *c)
+{
+    conn_close(c);
+    conn_start_connect(c);
+}
+
+static void on_connected(struct conn *c)
+{
+    c->state = C_OPEN;
+    conn_reset_stream(c);
+    if (opt.mode == CHURN)
+        c->tx_goal = opt.size;
+    if (opt.mode == RECV) {
+        set_out(c, 0);                   /* only reads from here on */
+        return;
+    }
+    if (conn_flush(c) < 0)
+        conn_recycle(c);
+}
+
+static void conn_start_connect(struct conn *c)
+{
+    c->fd = new_socket(1);
+    c->started = now_ns();
+    c->want_out = 1;
+    struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT, .data.ptr = c};
+    int rc = connect(c->fd, (struct sockaddr *)&opt.addr, opt.addrlen);
+    if (rc < 0 && errno == EAGAIN) {
+        /* Unix socket with a full accept queue: the server is behind.
+         * Back off briefly; this is pressure, not a broken server. */
+        connect_retries++;
+        close(c->fd);
+        c->fd = -1;
+        c->state = C_IDLE;
+        return;
+    }
+    if (rc < 0 && errno != EINPROGRESS) {
+        e_connect++;
+        note_error("conn %d: connect failed, errno %ld", c->idx, errno);
+        close(c->fd);
+        c->fd = -1;
+        c->state = C_IDLE;
+        return;
+    }
+    if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+        die("epoll_ctl add");
+    c->state = C_CONNECTING;
+    if (rc == 0) {
+        c->want_out = 1;
+        on_connected(c);
+    }
+}
+
+/* Compare received bytes with the pattern; count, never drop. */
+static void verify(struct conn *c, const unsigned char *buf, size_t n)
+{
+    if (opt.mode != RECV && c->rx + n > c->tx) {
+        e_surplus += c->rx + n - c->tx;
+        note_error("conn %d: %ld bytes more than were sent", c->idx,
+                   (long)(c->rx + n - c->tx));
+        n = c->tx - c->rx;
+    }
+    if (opt.mode == RECV && c->rx + n > opt.size) {
+        e_surplus += c->rx + n - opt.size;
+        note_error("conn %d: %ld bytes beyond the file size", c->idx,
+                   (long)(c->rx + n - opt.size));
+        n = opt.size - c->rx;
+    }
+    const unsigned char *want = pat_at(c->base + c->rx);
+    if (memcmp(buf, want, n) != 0) {
+        for (size_t i = 0; i < n; i++) {
+            if (buf[i] != want[i]) {
+                if (!e_mismatch)
+                    note_error("conn %d: wrong byte at stream offset %ld",
+                               c->idx, (long)(c->rx + i));
+                e_mismatch++;
+            }
+        }
+    }
+}
+
+static void on_bytes(struct conn *c, size_t n)
+{
+    uint64_t t = 0;
+    verify(c, rbuf, n);
+    uint64_t before = c->rx;
+    c->rx += n;
+    if (measuring)
+        n_bytes += n;
+
+    switch (opt.mode) {
+    case PINGPONG: {
+        /* Messages completed by this read: each frees one pipeline slot. */
+        uint64_t done_before = before / opt.size, done_now = c->rx / opt.size;
+        if (done_now > done_before)
+            t = now_ns();
+        for (uint64_t m = done_before; m < done_now; m++) {
+            record_latency(t - c->sent_at[m % opt.pipeline]);
+            if (measuring)
+                n_req++;
+            c->sent_at[m % opt.pipeline] = t;
+            c->tx_goal += opt.size;
+        }
+        if (c->tx_goal > c->tx && conn_flush(c) < 0)
+            conn_recycle(c);
+        break;
+    }
+    case STREAM:
+        stream_refill(c);
+        if (!c->want_out && conn_flush(c) < 0)
+            conn_recycle(c);
+        break;
+    case CHURN:
+        if (c->rx >= opt.size) {
+            record_latency(now_ns() - c->started);
+            if (measuring)
+                n_req++;
+            conn_recycle(c);
+        }
+        break;
+    default:
+        break;
+    }
+}
+
+static void on_eof(struct conn *c)
+{
+    if (opt.mode == RECV) {
+        if (c->rx == opt.size) {
+            record_latency(now_ns() - c->started);
+            if (measuring)
+                n_req++;
+        } else {
+            e_short++;
+            note_error("conn %d: file ended early, %ld bytes", c->idx,
+                       (long)c->rx);
+        }
+    } else {
+        e_eof++;
+        note_error("conn %d: server closed the connection after %ld bytes",
+                   c->idx, (long)c->rx);
+    }
+    conn_recycle(c);
+}
+
+static void on_event(struct conn *c, uint32_t ev)
+{
+    if (c->state == C_CONNECTING) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if (err) {
+            e_connect++;
+            note_error("conn %d: connect failed, errno %ld", c->idx, err);
+            conn_close(c);
+            return;                      /* retried by the idle sweep */
+        }
+        if (!(ev & (EPOLLOUT | EPOLLIN)))
+            return;
+        on_connected(c);
+        if (c->state != C_OPEN)
+            return;
+    }
+    if ((ev & EPOLLOUT) && c->want_out) {
+        if (conn_flush(c) < 0) {
+            conn_recycle(c);
+            return;
+        }
+    }
+    if (ev & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+        for (;;) {
+            ssize_t r = recv(c->fd, rbuf, RBUF, 0);
+            if (r > 0) {
+                int fd = c->fd;
+                on_bytes(c, (size_t)r);
+                if (c->fd != fd || c->state != C_OPEN)
+                    return;              /* recycled inside on_bytes */
+                if ((size_t)r < RBUF)
+                    return;              /* drained (level-triggered anyway) */
+                continue;
+            }
+            if (r == 0) {
+                on_eof(c);
+                return;
+            }
+            if (errno == EAGAIN)
+                return;
+            if (errno == EINTR)
+                continue;
+            e_reset++;
+            note_error("conn %d: recv failed, errno %ld", c->idx, errno);
+            conn_recycle(c);
+            return;
+        }
+    }
+}
+
+/* ---- server CPU from /proc -------------------------------------------- */
+
+static double proc_cpu_seconds(int pid)
+{
+    char path[64], buf[1024];
+    if (pid <= 0)
+        return -1;
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');         /* comm may contain spaces */
+    if (!p)
+        return -1;
+    unsigned long long utime = 0, stime = 0;
+    /* after ')': state(3) ... utime is field 14, stime 15 */
+    if (sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu",
+               &utime, &stime) != 2)
+        return -1;
+    return (double)(utime + stime) / (double)sysconf(_SC_CLK_TCK);
+}
+
+static double self_cpu_seconds(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6 +
+           ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+/* ---- modes -------------------------------------------------------------- */
+
+static int connect_blocking(struct conn *c)
+{
+    c->fd = new_socket(0);
+    if (connect(c->fd, (struct sockaddr *)&opt.addr, opt.addrlen) < 0) {
+        e_connect++;
+        note_error("conn %d: connect failed, errno %ld", c->idx, errno);
+        close(c->fd);
+        c->fd = -1;
+        return -1;
+    }
+    return 0;
+}
+
+static void print_errors_json(void)
+{
+    uint64_t total = e_mismatch + e_surplus + e_eof + e_reset + e_connect + e_short;
+    printf("\"errors\": %llu, \"mismatched_bytes\": %llu, \"surplus_bytes\": %llu, "
+           "\"unexpected_eof\": %llu, \"resets\": %llu, \"connect_errors\": %llu, "
+           "\"short_files\": %llu, \"connect_retries\": %llu, \"first_error\": \"%s\"",
+           (unsigned long long)total, (unsigned long long)e_mismatch,
+           (unsigned long long)e_surplus, (unsigned long long)e_eof,
+           (unsigned long long)e_reset, (unsigned long long)e_connect,
+           (unsigned long long)e_short, (unsigned long long)connect_retries,
+           first_error);
+}
+
+static int run_hold(void)
+{
+    int ok = 0;
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &conns[i];
+        conn_reset_stream(c);
+        if (connect_blocking(c) < 0)
+            continue;
+        struct timeval tv = {5, 0};
+        setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        if (send(c->fd, pat_at(c->base), opt.size, MSG_NOSIGNAL) != (ssize_t)opt.size) {
+            e_reset++;
+            continue;
+        }
+        c->tx = opt.size;
+        while (c->rx < opt.size) {
+            ssize_t r = recv(c->fd, rbuf, opt.size - c->rx, 0);
+            if (r <= 0) {
+                e_eof++;
+                note_error("conn %d: no echo in hold mode (%ld)", c->idx, (long)r);
+                break;
+            }
+            verify(c, rbuf, (size_t)r);
+            c->rx += (uint64_t)r;
+        }
+        if (c->rx == opt.size)
+            ok++;
+    }
+    printf("{\"mode\": \"hold\", \"conns\": %d, \"held\": %d, ", opt.conns, ok);
+    print_errors_json();
+    printf("}\n");
+    fflush(stdout);
+    /* Hold until the runner has read the server's memory and closes stdin. */
+    char b[64];
+    while (read(0, b, sizeof b) > 0)
+        ;
+    for (int i = 0; i < opt.conns; i++)
+        if (conns[i].fd >= 0)
+            close(conns[i].fd);
+    return 0;
+}
+
+static int run_pattern(void)
+{
+    if (!opt.file) {
+        fprintf(stderr, "loadgen: pattern mode needs --file\n");
+        return 2;
+    }
+    FILE *f = fopen(opt.file, "wb");
+    if (!f)
+        die(opt.file);
+    for (size_t off = 0; off < opt.size;) {
+        size_t n = opt.size - off < PATLEN ? opt.size - off : PATLEN;
+        if (fwrite(pat_at(off), 1, n, f) != n)
+            die("fwrite");
+        off += n;
+    }
+    if (fclose(f))
+        die("fclose");
+    return 0;
+}
+
+static int run_load(void)
+{
+    epfd = epoll_create1(EPOLL_CLOEXEC);
+    if (epfd < 0)
+        die("epoll_create1");
+
+    /* Long-lived connections are opened before the clock starts. */
+    if (opt.mode == PINGPONG || opt.mode == STREAM) {
+        for (int i = 0; i < opt.conns; i++) {
+            struct conn *c = &conns[i];
+            if (connect_blocking(c) < 0) {
+                fprintf(stderr, "loadgen: %s\n", first_error);
+                return 3;
+            }
+            int fl = fcntl(c->fd, F_GETFL);
+            fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+            if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+                die("epoll_ctl add");
+            c->state = C_OPEN;
+            conn_reset_stream(c);
+        }
+        uint64_t t = now_ns();
+        for (int i = 0; i < opt.conns; i++) {
+            struct conn *c = &conns[i];
+            if (opt.mode == PINGPONG) {
+                for (int k = 0; k < opt.pipeline; k++)
+                    c->sent_at[k] = t;
+                c->tx_goal = (uint64_t)opt.pipeline * opt.size;
+            } else {
+                stream_refill(c);
+            }
+            if (conn_flush(c) < 0)
+                return 3;
+        }
+    } else {
+        for (int i = 0; i < opt.conns; i++)
+            conn_start_connect(&conns[i]);
+    }
+
+    uint64_t t0 = now_ns();
+    uint64_t t_measure = t0 + (uint64_t)(opt.warmup * 1e9);
+    uint64_t t_end = t_measure + (uint64_t)(opt.duration * 1e9);
+    double srv_cpu0 = -1, self_cpu0 = 0;
+    uint64_t started_at = 0, stopped_at = 0;
+    int nev_max = opt.conns < 1024 ? opt.conns : 1024;
+    struct epoll_event *evs = calloc(nev_max, sizeof *evs);
+
+    for (;;) {
+        uint64_t t = now_ns();
+        if (!measuring && !started_at && t >= t_measure) {
+            measuring = 1;
+            started_at = t;
+            srv_cpu0 = proc_cpu_seconds(opt.server_pid);
+            self_cpu0 = self_cpu_seconds();
+        }
+        if (measuring && t >= t_end) {
+            measuring = 0;
+            stopped_at = t;
+            break;
+        }
+        uint64_t next = started_at ? t_end : t_measure;
+        int timeout_ms = (int)((next - t) / 1000000u) + 1;
+        /* Churn/recv slots that failed to connect are retried every 1 ms. */
+        int idle = 0;
+        if (opt.mode == CHURN || opt.mode == RECV) {
+            for (int i = 0; i < opt.conns; i++) {
+                if (conns[i].state == C_IDLE) {
+                    conn_start_connect(&conns[i]);
+                    if (conns[i].state == C_IDLE)
+                        idle = 1;
+                }
+            }
+        }
+        if (idle && timeout_ms > 1)
+            timeout_ms = 1;
+        int n = epoll_wait(epfd, evs, nev_max, timeout_ms);
+        if (n < 0 && errno != EINTR)
+            die("epoll_wait");
+        for (int i = 0; i < n; i++)
+            on_event(evs[i].data.ptr, evs[i].events);
+    }
+
+    double secs = (double)(stopped_at - started_at) / 1e9;
+    double srv_cpu1 = proc_cpu_seconds(opt.server_pid);
+    double self_cpu = self_cpu_seconds() - self_cpu0;
+    double srv_cpu = (srv_cpu0 >= 0 && srv_cpu1 >= 0) ? srv_cpu1 - srv_cpu0 : -1;
+    uint64_t hn = 0;
+    for (int i = 0; i < HBUCKETS; i++)
+        hn += hist[i];
+
+    static const char *names[] = {"pingpong", "stream", "churn", "recv", "hold", "pattern"};
+    printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %zu, \"pipeline\": %d, "
+           "\"requests\": %llu, \"bytes\": %llu, \"seconds\": %.6f, "
+           "\"rps\": %.1f, \"mib_s\": %.3f, ",
+           names[opt.mode], opt.conns, opt.size, opt.pipeline,
+           (unsigned long long)n_req, (unsigned long long)n_bytes, secs,
+           n_req / secs, n_bytes / secs / 1048576.0);
+    if (hn)
+        printf("\"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
+               "\"mean_us\": %.2f, \"max_us\": %.2f, ",
+               percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
+               lat_sum_ns / 1000.0 / hn, lat_max_ns / 1000.0);
+    else
+        printf("\"p50_us\": null, \"p99_us\": null, \"p999_us\": null, "
+               "\"mean_us\": null, \"max_us\": null, ");
+    if (srv_cpu >= 0)
+        printf("\"server_cpu_s\": %.3f, ", srv_cpu);
+    else
+        printf("\"server_cpu_s\": null, ");
+    printf("\"client_cpu_s\": %.3f, ", self_cpu);
+    print_errors_json();
+    printf("}\n");
+    return 0;
+}
+
+static void usage(void)
+{
+    fprintf(stderr,
+            "usage: loadgen --addr tcp:HOST:PORT|unix:PATH|unix:@NAME\n"
+            "  [--mode pingpong|stream|churn|recv|hold|pattern] [--conns N]\n"
+            "  [--size BYTES] [--pipeline N] [--window BYTES] [--warmup S]\n"
+            "  [--duration S] [--server-pid PID] [--no-linger0] [--file F]\n");
+    exit(2);
+}
+
+int main(int argc, char **argv)
+{
+    static struct option lo[] = {
+        {"addr", 1, 0, 'a'}, {"mode", 1, 0, 'm'}, {"conns", 1, 0, 'c'},
+        {"size", 1, 0, 's'}, {"pipeline", 1, 0, 'p'}, {"window", 1, 0, 'W'},
+        {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 'd'},
+        {"server-pid", 1, 0, 'P'}, {"no-linger0", 0, 0, 'L'},
+        {"file", 1, 0, 'f'}, {0, 0, 0, 0}};
+    const char *addr = NULL, *mode = "pingpong";
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (ch) {
+        case 'a': addr = optarg; break;
+        case 'm': mode = optarg; break;
+        case 'c': opt.conns = atoi(optarg); break;
+        case 's': opt.size = strtoull(optarg, NULL, 10); break;
+        case 'p': opt.pipeline = atoi(optarg); break;
+        case 'W': opt.window = strtoull(optarg, NULL, 10); break;
+        case 'w': opt.warmup = atof(optarg); break;
+        case 'd': opt.duration = atof(optarg); break;
+        case 'P': opt.server_pid = atoi(optarg); break;
+        case 'L': opt.linger0 = 0; break;
+        case 'f': opt.file = optarg; break;
+        default: usage();
+        }
+    }
+    static const char *names[] = {"pingpong", "stream", "churn", "recv", "hold", "pattern"};
+    int found = 0;
+    for (int i = 0; i < 6; i++)
+        if (!strcmp(mode, names[i])) {
+            opt.mode = (enum mode)i;
+            found = 1;
+        }
+    if (!found || opt.conns < 1 || opt.size < 1 || opt.pipeline < 1)
+        usage();
+    make_pattern();
+    if (opt.mode == PATTERN)
+        return run_pattern();
+    if (!addr)
+        usage();
+    parse_addr(addr);
+    if (opt.window == 0)
+        opt.window = opt.size * 4 > 65536 ? opt.size * 4 : 65536;
+    raise_nofile();
+
+    conns = calloc(opt.conns, sizeof *conns);
+    for (int i = 0; i < opt.conns; i++) {
+        conns[i].fd = -1;
+        conns[i].idx = i;
+        if (opt.mode == PINGPONG)
+            conns[i].sent_at = calloc(opt.pipeline, sizeof(uint64_t));
+    }
+    if (opt.mode == HOLD)
+        return run_hold();
+    return run_load();
+}
