@@ -1,0 +1,340 @@
+"""create_datagram_endpoint: UDP v4/v6 and Unix datagram sockets."""
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from _helpers import HAS_IPV6, abstract_name
+
+needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
+
+
+class DgramProto(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.loop = asyncio.get_running_loop()
+        self.events = []
+        self.datagrams = []
+        self.errors = []
+        self.transport = None
+        self.made = self.loop.create_future()
+        self.lost = self.loop.create_future()
+        self._waiters = []
+
+    def connection_made(self, transport):
+        self.events.append("made")
+        self.transport = transport
+        self.made.set_result(transport)
+
+    def datagram_received(self, data, addr):
+        assert isinstance(data, bytes)
+        self.events.append("datagram")
+        self.datagrams.append((data, addr))
+        self._wake()
+
+    def error_received(self, exc):
+        self.events.append("error")
+        self.errors.append(exc)
+        self._wake()
+
+    def connection_lost(self, exc):
+        self.events.append("lost")
+        self.lost.set_result(exc)
+
+    def _wake(self):
+        for pred, fut in list(self._waiters):
+            if not fut.done() and pred():
+                fut.set_result(None)
+                self._waiters.remove((pred, fut))
+
+    async def wait_for(self, pred):
+        if pred():
+            return
+        fut = self.loop.create_future()
+        self._waiters.append((pred, fut))
+        await fut
+
+    async def wait_datagrams(self, n):
+        await self.wait_for(lambda: len(self.datagrams) >= n)
+        return self.datagrams[:n]
+
+
+async def close_tr(tr, proto):
+    tr.close()
+    await proto.lost
+
+
+@pytest.mark.parametrize("family,host", [
+    (socket.AF_INET, "127.0.0.1"),
+    pytest.param(socket.AF_INET6, "::1", marks=needs_ipv6),
+], ids=["v4", "v6"])
+def test_udp_sendto_and_receive(loop, run, family, host):
+    async def main():
+        tr_a, a = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=(host, 0))
+        tr_b, b = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=(host, 0))
+        try:
+            assert a.events == ["made"]
+            addr_a = tr_a.get_extra_info("sockname")
+            addr_b = tr_b.get_extra_info("sockname")
+            assert tr_a.get_extra_info("socket").family == family
+            assert tr_a.get_extra_info("peername") is None
+            tr_a.sendto(b"one", addr_b)
+            tr_a.sendto(bytearray(b"two"), addr_b)
+            tr_a.sendto(memoryview(b"three"), addr_b)
+            got = await b.wait_datagrams(3)
+            assert [d for d, _ in got] == [b"one", b"two", b"three"]
+            assert got[0][1][:2] == addr_a[:2]
+            tr_b.sendto(b"reply", got[0][1])
+            got = await a.wait_datagrams(1)
+            assert got[0][0] == b"reply"
+        finally:
+            await close_tr(tr_a, a)
+            await close_tr(tr_b, b)
+        assert a.events[-1] == "lost"
+
+    run(main())
+
+
+def test_udp_remote_addr_connected(loop, run):
+    async def main():
+        tr_srv, srv = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        srv_addr = tr_srv.get_extra_info("sockname")
+        tr_cli, cli = await loop.create_datagram_endpoint(
+            DgramProto, remote_addr=srv_addr)
+        try:
+            assert tr_cli.get_extra_info("peername") == srv_addr
+            tr_cli.sendto(b"no-addr")  # uses the connected address
+            tr_cli.sendto(b"same-addr", srv_addr)
+            with pytest.raises(ValueError):
+                tr_cli.sendto(b"x", ("127.0.0.1", 1))
+            got = await srv.wait_datagrams(2)
+            assert [d for d, _ in got] == [b"no-addr", b"same-addr"]
+            tr_srv.sendto(b"back", got[0][1])
+            got = await cli.wait_datagrams(1)
+            assert got[0] == (b"back", srv_addr)
+        finally:
+            await close_tr(tr_cli, cli)
+            await close_tr(tr_srv, srv)
+
+    run(main())
+
+
+def test_udp_error_received_on_refused(loop, run):
+    """A connected UDP socket learns of ICMP port-unreachable:
+    error_received(ConnectionRefusedError), and the transport stays open."""
+    tmp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tmp.bind(("127.0.0.1", 0))
+    dead_addr = tmp.getsockname()
+    tmp.close()
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, remote_addr=dead_addr)
+        try:
+            for _ in range(50):
+                if proto.errors:
+                    break
+                tr.sendto(b"anyone?")
+                await asyncio.sleep(0.01)
+            await proto.wait_for(lambda: proto.errors)
+            assert isinstance(proto.errors[0], ConnectionRefusedError)
+            assert not tr.is_closing()
+            assert "lost" not in proto.events
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
+
+
+def test_udp_sendto_type_errors(loop, run):
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        try:
+            with pytest.raises(TypeError):
+                tr.sendto("text", ("127.0.0.1", 9))
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
+
+
+def test_udp_large_datagram_and_many(loop, run):
+    async def main():
+        tr_a, a = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        tr_b, b = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        try:
+            addr_b = tr_b.get_extra_info("sockname")
+            big = os.urandom(60000)
+            tr_a.sendto(big, addr_b)
+            got = await b.wait_datagrams(1)
+            assert got[0][0] == big
+            n = 100
+            for i in range(n):
+                tr_a.sendto(b"%d" % i, addr_b)
+            got = await b.wait_datagrams(1 + n)
+            assert [d for d, _ in got[1:]] == [b"%d" % i for i in range(n)]
+        finally:
+            await close_tr(tr_a, a)
+            await close_tr(tr_b, b)
+
+    run(main())
+
+
+def test_udp_close_and_abort(loop, run):
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        assert not tr.is_closing()
+        tr.close()
+        assert tr.is_closing()
+        tr.close()
+        assert await proto.lost is None
+        assert proto.events == ["made", "lost"]
+        tr2, proto2 = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        tr2.abort()
+        assert await proto2.lost is None
+        assert proto2.events == ["made", "lost"]
+
+    run(main())
+
+
+def test_udp_write_buffer_size(loop, run):
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        try:
+            assert tr.get_write_buffer_size() == 0
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
+
+
+def test_udp_reuse_port_and_broadcast(loop, run):
+    async def main():
+        tr1, p1 = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0), reuse_port=True,
+            allow_broadcast=True)
+        port = tr1.get_extra_info("sockname")[1]
+        tr2, p2 = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", port), reuse_port=True)
+        try:
+            s1 = tr1.get_extra_info("socket")
+            assert s1.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+            assert s1.getsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST)
+            assert tr2.get_extra_info("sockname")[1] == port
+        finally:
+            await close_tr(tr1, p1)
+            await close_tr(tr2, p2)
+
+    run(main())
+
+
+def test_udp_with_sock(loop, run):
+    async def main():
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        tr, proto = await loop.create_datagram_endpoint(DgramProto, sock=sock)
+        try:
+            assert tr.get_extra_info("sockname") == sock.getsockname()
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+                peer.sendto(b"raw", sock.getsockname())
+                got = await proto.wait_datagrams(1)
+                assert got[0][0] == b"raw"
+                assert got[0][1] == ("127.0.0.1", peer.getsockname()[1])
+        finally:
+            await close_tr(tr, proto)
+        assert sock.fileno() == -1  # owned by the transport
+
+    run(main())
+
+
+def test_datagram_endpoint_bad_arguments(loop, run):
+    async def main():
+        with pytest.raises(ValueError):
+            await loop.create_datagram_endpoint(DgramProto)  # nothing given
+        tcp = socket.socket()
+        try:
+            with pytest.raises(ValueError):
+                await loop.create_datagram_endpoint(DgramProto, sock=tcp)
+        finally:
+            tcp.close()
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            with pytest.raises(ValueError):
+                await loop.create_datagram_endpoint(
+                    DgramProto, local_addr=("127.0.0.1", 0), sock=udp)
+        finally:
+            udp.close()
+
+    run(main())
+
+
+def test_unix_datagram_paths(loop, run, tmp_path):
+    a_path = str(tmp_path / "a.dgram")
+    b_path = str(tmp_path / "b.dgram")
+
+    async def main():
+        tr_a, a = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=a_path, family=socket.AF_UNIX)
+        tr_b, b = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=b_path, family=socket.AF_UNIX)
+        try:
+            assert tr_a.get_extra_info("socket").family == socket.AF_UNIX
+            tr_a.sendto(b"unix-dgram", b_path)
+            got = await b.wait_datagrams(1)
+            assert got[0] == (b"unix-dgram", a_path)
+            tr_b.sendto(b"back", a_path)
+            assert (await a.wait_datagrams(1))[0] == (b"back", b_path)
+        finally:
+            await close_tr(tr_a, a)
+            await close_tr(tr_b, b)
+
+    run(main())
+
+
+def test_unix_datagram_connected_abstract(loop, run):
+    srv_name = abstract_name("dg")
+
+    async def main():
+        tr_s, s = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=srv_name, family=socket.AF_UNIX)
+        tr_c, c = await loop.create_datagram_endpoint(
+            DgramProto, remote_addr=srv_name, family=socket.AF_UNIX)
+        try:
+            tr_c.sendto(b"hello")
+            got = await s.wait_datagrams(1)
+            assert got[0][0] == b"hello"
+        finally:
+            await close_tr(tr_c, c)
+            await close_tr(tr_s, s)
+
+    run(main())
+
+
+def test_unix_datagram_stale_path_replaced(loop, run, tmp_path):
+    path = str(tmp_path / "stale.dgram")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.close()
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=path, family=socket.AF_UNIX)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as peer:
+                peer.sendto(b"fresh", path)
+                got = await proto.wait_datagrams(1)
+                assert got[0][0] == b"fresh"
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
