@@ -10,7 +10,7 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ["handles", "driver", "epoll", "loop", "transports"]
+MODULES = ["handles", "driver", "epoll", "uring", "loop", "transports"]
 
 
 def pkg_config(*args):
@@ -25,6 +25,7 @@ def liburing_flags():
     try:
         cflags = pkg_config("--cflags")
         libdir = pkg_config("--variable=libdir")[0]
+        version = pkg_config("--modversion")[0]
     except subprocess.CalledProcessError:
         sys.exit("fastsock: liburing was not found by pkg-config. "
                  "Install the system package liburing-dev "
@@ -34,13 +35,13 @@ def liburing_flags():
         sys.exit(f"fastsock: {static} is missing; the static liburing "
                  "comes with the package liburing-dev.")
     # Static link: the built extension needs no liburing.so at run time.
-    return [f[2:] for f in cflags if f.startswith("-I")], [static]
+    return [f[2:] for f in cflags if f.startswith("-I")], [static], version
 
 
 def extensions():
     from Cython.Build import cythonize
 
-    include_dirs, objects = liburing_flags()
+    include_dirs, objects, version = liburing_flags()
     exts = [
         Extension(
             f"fastsock.{name}",
@@ -48,7 +49,8 @@ def extensions():
             include_dirs=["csrc", *include_dirs],
             extra_objects=objects,
             extra_compile_args=["-O2", "-fno-strict-aliasing"],
-            define_macros=[("_GNU_SOURCE", "1")],
+            define_macros=[("_GNU_SOURCE", "1"),
+                           ("FASTSOCK_LIBURING_VERSION", f'"{version}"')],
         )
         for name in MODULES
     ]

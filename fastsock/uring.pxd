@@ -1,0 +1,65 @@
+from libc.stdint cimport uint32_t, uint64_t
+from fastsock.driver cimport Driver, Endpoint
+from fastsock.liburing cimport io_uring, io_uring_sqe, io_uring_buf_ring
+
+cdef enum:
+    CQE_BATCH = 256
+
+cdef class UringDriver(Driver):
+    cdef:
+        io_uring ring
+        bint ring_ok
+        bint enabled                # R_DISABLED ring enabled by its thread
+        unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
+        readonly unsigned int setup_flags
+        int wakefd
+        int reserve_fd
+        # the provided-buffer ring shared by every recv of this loop
+        io_uring_buf_ring *br
+        size_t br_bytes
+        char *bufs
+        unsigned int buf_count
+        unsigned int buf_size
+        int buf_mask
+        dict stash                  # Endpoint -> list of bytes / None (EOF)
+        list pending                # endpoints with stash to deliver
+        dict dgram_bufs             # Endpoint -> bytearray for recvmsg
+        set releasing               # released, CQEs still due
+        readonly dict counters
+        uint64_t cqe_ud[CQE_BATCH]
+        int cqe_res[CQE_BATCH]
+        uint32_t cqe_flags[CQE_BATCH]
+
+    @staticmethod
+    cdef UringDriver new(object loop, unsigned int entries,
+                         unsigned int cq_entries, unsigned int buf_count,
+                         unsigned int buf_size)
+
+    cdef int setup_ring(self, unsigned int entries,
+                        unsigned int cq_entries) except -1
+    cdef int setup_buffers(self) except -1
+    cdef io_uring_sqe *get_sqe(self) except NULL
+    cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL
+    cdef int submit(self) except -1
+    cdef int enable(self) except -1
+    cdef int reap(self) except -1
+    cdef int complete(self, uint64_t ud, int res, uint32_t flags) except -1
+    cdef int finish_op(self, Endpoint ep) except -1
+    cdef int arm_wake(self) except -1
+    cdef int arm_recv(self, Endpoint ep) except -1
+    cdef int arm_accept(self, Endpoint ep) except -1
+    cdef int arm_poll(self, Endpoint ep) except -1
+    cdef int cancel_op(self, Endpoint ep, int op) except -1
+    cdef int prep_cancel_fd(self, Endpoint ep) except -1
+    cdef int wait_some(self, long timeout_ms) except -1
+    cdef int run_pending(self) except -1
+    cdef free_ring(self)
+    cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1
+    cdef int recvmsg_done(self, Endpoint ep, int res) except -1
+    cdef int send_done(self, Endpoint ep, int res) except -1
+    cdef int accept_done(self, Endpoint ep, int res, uint32_t flags) except -1
+    cdef int poll_done(self, Endpoint ep, int res) except -1
+    cdef int give_back(self, unsigned int bid)
+    cdef int keep(self, Endpoint ep, object chunk) except -1
+    cdef int deliver_stash(self, Endpoint ep) except -1
+    cdef bint accept_emfile(self, Endpoint ep) except -1

@@ -1,0 +1,937 @@
+# cython: language_level=3
+"""Completion driver: io_uring through liburing 2.3.
+
+- One ring per loop, SINGLE_ISSUER | DEFER_TASKRUN where the kernel has them
+  (else COOP_TASKRUN, else plain). With SINGLE_ISSUER the ring is created
+  disabled and enabled by the first thread that submits: the loop's thread.
+- SQEs queued during callbacks go to the kernel once per iteration in
+  poll(), together with the wait (submit_and_wait with the timer timeout).
+- Streams read with multishot recv from a provided-buffer ring shared by the
+  loop (registered by hand: liburing 2.3 has no io_uring_setup_buf_ring);
+  each buffer goes back to the ring as soon as its bytes are handed on.
+  A multishot whose CQE lacks IORING_CQE_F_MORE is re-armed (CQ full,
+  ENOBUFS when the ring ran dry, ...).
+- Listeners use multishot accept; backlogs go out as SENDMSG, one in flight
+  per stream; watchers are single-shot polls re-armed after each event,
+  which gives the level-triggered behaviour add_reader promises.
+- Lifetime: every SQE holds a reference to its Endpoint, dropped by its
+  final CQE, so the memory an SQE points at (the Endpoint's msghdr/iovecs
+  and the bytes they point into) outlives the kernel's use of it. release()
+  cancels with IORING_ASYNC_CANCEL_FD and calls on_released() only once the
+  last CQE is in.
+"""
+
+import io
+import os
+import socket
+import threading
+
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from libc.stdint cimport uint32_t, uint64_t, uintptr_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+from fastsock.driver cimport *
+from fastsock.system cimport *
+from fastsock.liburing cimport *
+
+cdef extern from "<pthread.h>" nogil:
+    unsigned long pthread_self()
+
+cdef extern from "<sys/mman.h>" nogil:
+    void *mmap(void *addr, size_t length, int prot, int flags, int fd,
+               long offset)
+    int munmap(void *addr, size_t length)
+    void *MAP_FAILED
+    enum:
+        PROT_READ
+        PROT_WRITE
+        MAP_PRIVATE
+        MAP_ANONYMOUS
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EBUSY
+
+# Operation tags, stored in the low bits of user_data next to the Endpoint
+# pointer (objects are 16-byte aligned).
+cdef enum:
+    OP_WAKE = 0         # eventfd poll (no endpoint)
+    OP_RECV = 1
+    OP_SEND = 2
+    OP_ACCEPT = 3
+    OP_POLL = 4
+    OP_SEND_POLL = 5    # POLLOUT wait after a send said EAGAIN
+    OP_IGNORE = 6       # cancel requests (no endpoint)
+    OP_MASK = 7
+
+# Endpoint.armed bits: operations in flight, per kind.
+cdef enum:
+    ARM_RECV = 1 << 0
+    ARM_RECV_CANCEL = 1 << 1
+    ARM_SEND = 1 << 2
+    ARM_ACCEPT = 1 << 3
+    ARM_POLL = 1 << 4
+    ARM_POLL_CANCEL = 1 << 5
+    ARM_POLL_IN = 1 << 6
+    ARM_POLL_OUT = 1 << 7
+
+cdef enum:
+    DEFAULT_ENTRIES = 1024
+    DEFAULT_CQ_ENTRIES = 16384
+    DEFAULT_BUF_COUNT = 512
+    DEFAULT_BUF_SIZE = 32 * 1024
+    DGRAM_BUF_SIZE = 256 * 1024        # asyncio reads datagrams this large
+    BUF_GROUP = 0
+    REAP_ROUNDS = 8
+
+cdef Py_ssize_t ADDR_SPACE = sizeof(sockaddr_storage)
+
+
+cdef inline uint64_t tag(Endpoint ep, int op):
+    return <uint64_t><uintptr_t><void *>ep | <uint64_t>op
+
+
+cdef class UringDriver(Driver):
+
+    @staticmethod
+    cdef UringDriver new(object loop, unsigned int entries,
+                         unsigned int cq_entries, unsigned int buf_count,
+                         unsigned int buf_size):
+        cdef UringDriver self = UringDriver.__new__(UringDriver)
+        self.name = "uring"
+        self.loop = loop
+        self.endpoints = {}
+        self.stash = {}
+        self.pending = []
+        self.dgram_bufs = {}
+        self.releasing = set()
+        self.counters = dict.fromkeys((
+            'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
+            'recv_cancels', 'send_eagain', 'accept_emfile'), 0)
+        self.wakefd = self.reserve_fd = -1
+        self.buf_count = buf_count
+        self.buf_size = buf_size
+        try:
+            self.setup_ring(entries, cq_entries)
+            self.setup_buffers()
+            self.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+            if self.wakefd < 0:
+                raise OSError(errno, "eventfd failed")
+            self.reserve_fd = open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+            self.arm_wake()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    cdef int setup_ring(self, unsigned int entries,
+                        unsigned int cq_entries) except -1:
+        cdef io_uring_params params
+        cdef int ret = -EINVAL
+        cdef unsigned int flags
+        # Best first; each fallback drops what an older kernel refuses.
+        for flags in (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
+                      | IORING_SETUP_R_DISABLED,
+                      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+                      0):
+            memset(&params, 0, sizeof(params))
+            params.flags = flags | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL
+            params.cq_entries = cq_entries
+            ret = io_uring_queue_init_params(entries, &self.ring, &params)
+            if ret != -EINVAL:
+                break
+        if ret < 0:
+            raise OSError(-ret, f"io_uring_setup failed: {os.strerror(-ret)}")
+        self.ring_ok = True
+        self.setup_flags = params.flags
+        self.enabled = not (params.flags & IORING_SETUP_R_DISABLED)
+        if not params.features & IORING_FEAT_NODROP:
+            raise OSError(ENOSYS, "io_uring without IORING_FEAT_NODROP "
+                          "(kernel older than 5.5)")
+        return 0
+
+    cdef int setup_buffers(self) except -1:
+        cdef io_uring_buf_reg reg
+        cdef unsigned int i
+        cdef int ret
+        self.br_bytes = self.buf_count * 16     # sizeof(struct io_uring_buf)
+        self.br = <io_uring_buf_ring *>mmap(NULL, self.br_bytes,
+                                            PROT_READ | PROT_WRITE,
+                                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void *>self.br == MAP_FAILED:
+            self.br = NULL
+            raise OSError(errno, "mmap of the buffer ring failed")
+        self.bufs = <char *>malloc(<size_t>self.buf_count * self.buf_size)
+        if self.bufs == NULL:
+            raise MemoryError()
+        memset(&reg, 0, sizeof(reg))
+        reg.ring_addr = <uint64_t><uintptr_t>self.br
+        reg.ring_entries = self.buf_count
+        reg.bgid = BUF_GROUP
+        ret = io_uring_register_buf_ring(&self.ring, &reg, 0)
+        if ret < 0:
+            raise OSError(-ret, "registering the provided-buffer ring failed "
+                          f"(kernel 5.19+ needed): {os.strerror(-ret)}")
+        io_uring_buf_ring_init(self.br)
+        self.buf_mask = io_uring_buf_ring_mask(self.buf_count)
+        for i in range(self.buf_count):
+            io_uring_buf_ring_add(self.br, self.bufs + i * self.buf_size,
+                                  self.buf_size, i, self.buf_mask, i)
+        io_uring_buf_ring_advance(self.br, self.buf_count)
+        return 0
+
+    def __dealloc__(self):
+        self.free_ring()
+
+    cdef free_ring(self):
+        if self.ring_ok:
+            io_uring_queue_exit(&self.ring)
+            self.ring_ok = False
+        if self.br != NULL:
+            munmap(self.br, self.br_bytes)
+            self.br = NULL
+        if self.bufs != NULL:
+            free(self.bufs)
+            self.bufs = NULL
+
+    cdef int close(self) except -1:
+        cdef Endpoint ep
+        if self.closed:
+            return 0
+        self.closed = True
+        # No kernel operation may outlive the memory it points at: cancel
+        # everything, collect the CQEs (each drops its reference), then
+        # tear the ring down. Owners are not called back: the loop is closed
+        # and the transports keep owning their sockets, as in asyncio.
+        if self.ring_ok:
+            busy = self.inflight_endpoints()
+            for ep in busy:
+                ep.flags |= EP_RELEASING
+            if busy and not self.enabled:
+                # Never ran: the SQEs were never submitted and die with the
+                # ring; drop the references they hold.
+                for ep in busy:
+                    while ep.inflight > 0:
+                        ep.inflight -= 1
+                        Py_DECREF(ep)
+            elif busy:
+                try:
+                    for ep in busy:
+                        self.prep_cancel_fd(ep)
+                    self.submit()
+                    for _ in range(200):
+                        self.wait_some(10)
+                        if not self.inflight_endpoints():
+                            break
+                except RuntimeError:
+                    # Closed from a thread the ring does not accept: what is
+                    # still in flight keeps its references (and its memory)
+                    # forever rather than risk the kernel writing freed
+                    # memory.
+                    pass
+            if self.inflight_endpoints():
+                # Same reasoning: the ring teardown cancels them in the
+                # kernel; the memory they point at must simply never be
+                # freed, so their references are kept.
+                pass
+        self.free_ring()
+        for fd in (self.wakefd, self.reserve_fd):
+            if fd >= 0:
+                close(fd)
+        self.wakefd = self.reserve_fd = -1
+        self.endpoints.clear()
+        self.releasing.clear()
+        self.stash.clear()
+        self.pending.clear()
+        self.dgram_bufs.clear()
+        return 0
+
+    def inflight_endpoints(self):
+        eps = set(self.endpoints.values())
+        eps.update(self.releasing)
+        return [ep for ep in eps if (<Endpoint>ep).inflight]
+
+    cdef int prep_cancel_fd(self, Endpoint ep) except -1:
+        cdef io_uring_sqe *sqe = io_uring_get_sqe(&self.ring)
+        if sqe == NULL:
+            self.submit()
+            sqe = io_uring_get_sqe(&self.ring)
+            if sqe == NULL:
+                raise OSError(EBUSY, "io_uring submission queue is full")
+        io_uring_prep_cancel_fd(sqe, ep.fd, IORING_ASYNC_CANCEL_ALL)
+        io_uring_sqe_set_data64(sqe, OP_IGNORE)
+        return 0
+
+    cdef int wait_some(self, long timeout_ms) except -1:
+        cdef __kernel_timespec ts
+        cdef io_uring_cqe *cqe
+        ts.tv_sec = timeout_ms // 1000
+        ts.tv_nsec = (timeout_ms % 1000) * 1000000
+        with nogil:
+            io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1, &ts, NULL)
+        return self.reap()
+
+    # -- submission -----------------------------------------------------------
+
+    cdef io_uring_sqe *get_sqe(self) except NULL:
+        cdef io_uring_sqe *sqe
+        if self.closed:
+            raise RuntimeError('Event loop is closed')
+        sqe = io_uring_get_sqe(&self.ring)
+        if sqe == NULL:
+            # Submission queue full: hand what we have to the kernel.
+            self.submit()
+            sqe = io_uring_get_sqe(&self.ring)
+            if sqe == NULL:
+                raise OSError(EBUSY, "io_uring submission queue is full")
+        return sqe
+
+    cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL:
+        # The SQE's reference to `ep` is dropped by its final CQE.
+        cdef io_uring_sqe *sqe = self.get_sqe()
+        io_uring_sqe_set_data64(sqe, tag(ep, op))
+        Py_INCREF(ep)
+        ep.inflight += 1
+        return sqe
+
+    cdef int enable(self) except -1:
+        cdef int ret
+        if not self.enabled:
+            ret = io_uring_enable_rings(&self.ring)
+            if ret < 0:
+                raise OSError(-ret, "io_uring_enable_rings failed")
+            self.enabled = True
+            self.issuer = pthread_self()
+        elif (self.issuer and self.setup_flags & IORING_SETUP_SINGLE_ISSUER
+              and self.issuer != pthread_self()):
+            raise RuntimeError(
+                "this io_uring loop belongs to another thread: a ring made "
+                "with IORING_SETUP_SINGLE_ISSUER takes submissions from the "
+                "thread that first ran it")
+        return 0
+
+    cdef int submit(self) except -1:
+        cdef int ret
+        self.enable()
+        ret = io_uring_submit(&self.ring)
+        if ret < 0 and ret != -EBUSY and ret != -EAGAIN and ret != -EINTR:
+            raise OSError(-ret, f"io_uring_submit failed: {os.strerror(-ret)}")
+        return 0
+
+    cdef void wakeup(self) nogil:
+        cdef uint64_t one = 1
+        if self.wakefd >= 0:
+            write(self.wakefd, &one, 8)
+
+    cdef int arm_wake(self) except -1:
+        cdef io_uring_sqe *sqe = self.get_sqe()
+        io_uring_prep_poll_multishot(sqe, self.wakefd, POLLIN)
+        io_uring_sqe_set_data64(sqe, OP_WAKE)
+        return 0
+
+    # -- the contract -------------------------------------------------------------
+
+    cdef int add(self, Endpoint ep) except -1:
+        if ep.flags & EP_ADDED:
+            return 0
+        if ep.fd in self.endpoints:
+            raise RuntimeError(f"fd {ep.fd} is already used by the loop")
+        self.endpoints[ep.fd] = ep
+        ep.driver = self
+        ep.flags |= EP_ADDED
+        return 0
+
+    cdef int start_reading(self, Endpoint ep) except -1:
+        if ep.flags & (EP_READING | EP_RELEASING):
+            return 0
+        ep.flags |= EP_READING
+        if ep in self.stash:
+            # Bytes that came while paused go first, in the next iteration.
+            if not ep.flags & EP_PENDING:
+                ep.flags |= EP_PENDING
+                self.pending.append(ep)
+            return 0
+        if ep.kind == KIND_LISTENER:
+            return self.arm_accept(ep)
+        return self.arm_recv(ep)
+
+    cdef int stop_reading(self, Endpoint ep) except -1:
+        if not ep.flags & EP_READING:
+            return 0
+        ep.flags &= ~EP_READING
+        if ep.armed & ARM_RECV:
+            # Stop the multishot so the kernel keeps what comes (and applies
+            # backpressure); CQEs already on their way are stashed.
+            self.cancel_op(ep, OP_RECV)
+            self.counters['recv_cancels'] += 1
+        elif ep.armed & ARM_ACCEPT:
+            self.cancel_op(ep, OP_ACCEPT)
+        return 0
+
+    cdef int cancel_op(self, Endpoint ep, int op) except -1:
+        cdef io_uring_sqe *sqe = self.get_sqe()
+        io_uring_prep_cancel64(sqe, tag(ep, op), 0)
+        io_uring_sqe_set_data64(sqe, OP_IGNORE)
+        if op == OP_RECV:
+            ep.armed |= ARM_RECV_CANCEL
+        elif op == OP_POLL:
+            ep.armed |= ARM_POLL_CANCEL
+        return 0
+
+    cdef int arm_recv(self, Endpoint ep) except -1:
+        cdef io_uring_sqe *sqe
+        cdef bytearray space
+        cdef char *base
+        if ep.armed & ARM_RECV:
+            return 0
+        if ep.kind == KIND_DATAGRAM:
+            # One recvmsg at a time into the endpoint's own buffer: the
+            # sender's address comes with it. The datagram transport sends
+            # through the socket object, so send_msg/send_iov are free here.
+            space = self.dgram_bufs.get(ep)
+            if space is None:
+                space = self.dgram_bufs[ep] = bytearray(ADDR_SPACE + DGRAM_BUF_SIZE)
+            base = PyByteArray_AS_STRING(space)
+            ep.send_iov[0].iov_base = base + ADDR_SPACE
+            ep.send_iov[0].iov_len = DGRAM_BUF_SIZE
+            memset(&ep.send_msg, 0, sizeof(ep.send_msg))
+            ep.send_msg.msg_name = base
+            ep.send_msg.msg_namelen = <socklen_t>ADDR_SPACE
+            ep.send_msg.msg_iov = ep.send_iov
+            ep.send_msg.msg_iovlen = 1
+            sqe = self.op_sqe(ep, OP_RECV)
+            io_uring_prep_recvmsg(sqe, ep.fd, &ep.send_msg, 0)
+        else:
+            sqe = self.op_sqe(ep, OP_RECV)
+            io_uring_prep_recv_multishot(sqe, ep.fd, NULL, 0, 0)
+            sqe.flags |= IOSQE_BUFFER_SELECT
+            sqe.buf_group = BUF_GROUP
+        ep.armed |= ARM_RECV
+        return 0
+
+    cdef int arm_accept(self, Endpoint ep) except -1:
+        cdef io_uring_sqe *sqe
+        if ep.armed & ARM_ACCEPT:
+            return 0
+        sqe = self.op_sqe(ep, OP_ACCEPT)
+        io_uring_prep_multishot_accept(sqe, ep.fd, NULL, NULL,
+                                       SOCK_NONBLOCK | SOCK_CLOEXEC)
+        ep.armed |= ARM_ACCEPT
+        return 0
+
+    cdef int flush(self, Endpoint ep) except -1:
+        cdef io_uring_sqe *sqe
+        if ep.flags & EP_RELEASING or ep.armed & ARM_SEND:
+            return 0        # a send is in flight: its CQE goes on
+        if ep.prepare_send() == 0:
+            ep.flags &= ~EP_SENDING
+            return 0
+        ep.flags |= EP_SENDING
+        sqe = self.op_sqe(ep, OP_SEND)
+        io_uring_prep_sendmsg(sqe, ep.fd, &ep.send_msg, MSG_NOSIGNAL)
+        ep.armed |= ARM_SEND
+        return 0
+
+    cdef int watch(self, Endpoint ep, uint32_t events) except -1:
+        cdef uint32_t armed_mask = 0
+        if events & POLLIN:
+            ep.flags |= EP_WANT_IN
+        else:
+            ep.flags &= ~EP_WANT_IN
+        if events & POLLOUT:
+            ep.flags |= EP_WANT_OUT
+        else:
+            ep.flags &= ~EP_WANT_OUT
+        if ep.flags & EP_RELEASING:
+            return 0
+        if ep.armed & ARM_POLL:
+            if ep.armed & ARM_POLL_IN:
+                armed_mask |= POLLIN
+            if ep.armed & ARM_POLL_OUT:
+                armed_mask |= POLLOUT
+            if armed_mask != (events & (POLLIN | POLLOUT)) and not (
+                    ep.armed & ARM_POLL_CANCEL):
+                # Interest changed: the old poll ends (ECANCELED) and its
+                # CQE arms the new interest.
+                self.cancel_op(ep, OP_POLL)
+            return 0
+        return self.arm_poll(ep)
+
+    cdef int arm_poll(self, Endpoint ep) except -1:
+        cdef io_uring_sqe *sqe
+        cdef unsigned mask = 0
+        if ep.flags & EP_WANT_IN:
+            mask |= POLLIN
+            ep.armed |= ARM_POLL_IN
+        if ep.flags & EP_WANT_OUT:
+            mask |= POLLOUT
+            ep.armed |= ARM_POLL_OUT
+        if mask == 0:
+            return 0
+        sqe = self.op_sqe(ep, OP_POLL)
+        io_uring_prep_poll_add(sqe, ep.fd, mask)
+        ep.armed |= ARM_POLL
+        return 0
+
+    cdef int release(self, Endpoint ep) except -1:
+        if ep.flags & EP_RELEASING:
+            return 0
+        ep.flags |= EP_RELEASING
+        ep.flags &= ~(EP_READING | EP_SENDING)
+        self.stash.pop(ep, None)
+        if self.endpoints.get(ep.fd) is ep:
+            del self.endpoints[ep.fd]
+        if self.closed:
+            return 0            # the ring is gone, and nothing is in flight
+        if ep.inflight == 0:
+            self.dgram_bufs.pop(ep, None)
+            ep.flags |= EP_RELEASED
+            return ep.on_released()
+        # Cancel all that is in flight on the fd; on_released() follows the
+        # last CQE (finish_op).
+        self.releasing.add(ep)
+        return self.prep_cancel_fd(ep)
+
+    # -- waiting and completions ----------------------------------------------------
+
+    cdef int poll(self, long timeout_ms) except -1:
+        cdef int ret
+        cdef io_uring_cqe *cqe
+        cdef __kernel_timespec ts
+        if self.pending:
+            timeout_ms = 0
+        if io_uring_cq_ready(&self.ring) or io_uring_cq_has_overflow(&self.ring):
+            timeout_ms = 0
+        self.enable()
+        if timeout_ms == 0:
+            with nogil:
+                ret = io_uring_submit_and_get_events(&self.ring)
+        elif timeout_ms < 0:
+            with nogil:
+                ret = io_uring_submit_and_wait(&self.ring, 1)
+        else:
+            ts.tv_sec = timeout_ms // 1000
+            ts.tv_nsec = (timeout_ms % 1000) * 1000000
+            with nogil:
+                ret = io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1,
+                                                       &ts, NULL)
+        if ret < 0 and ret not in (-ETIME, -EINTR, -EBUSY, -EAGAIN):
+            raise OSError(-ret, f"io_uring_enter failed: {os.strerror(-ret)}")
+        self.reap()
+        if self.pending:
+            self.run_pending()
+        return self.check_pending()
+
+    cdef int reap(self) except -1:
+        cdef io_uring_cqe *cqes[CQE_BATCH]
+        cdef unsigned n, i
+        cdef int rounds = 0
+        while rounds < REAP_ROUNDS:
+            rounds += 1
+            n = io_uring_peek_batch_cqe(&self.ring, cqes, CQE_BATCH)
+            if n == 0:
+                if io_uring_cq_has_overflow(&self.ring):
+                    # The kernel kept CQEs the ring had no room for
+                    # (IORING_FEAT_NODROP): have them flushed, go on.
+                    self.counters['cq_overflow_flushes'] += 1
+                    io_uring_get_events(&self.ring)
+                    continue
+                break
+            # Copy out and free the CQ slots before running callbacks.
+            for i in range(n):
+                self.cqe_ud[i] = cqes[i].user_data
+                self.cqe_res[i] = cqes[i].res
+                self.cqe_flags[i] = cqes[i].flags
+            io_uring_cq_advance(&self.ring, n)
+            for i in range(n):
+                try:
+                    self.complete(self.cqe_ud[i], self.cqe_res[i],
+                                  self.cqe_flags[i])
+                except BaseException as exc:
+                    self.dispatch_error(exc)
+        return 0
+
+    cdef int complete(self, uint64_t ud, int res, uint32_t flags) except -1:
+        cdef int op = <int>(ud & OP_MASK)
+        cdef void *ptr = <void *><uintptr_t>(ud & ~(<uint64_t>OP_MASK))
+        cdef Endpoint ep
+        cdef uint64_t drained
+        if ptr == NULL:
+            if op == OP_WAKE:
+                read(self.wakefd, &drained, 8)
+                if not flags & IORING_CQE_F_MORE and not self.closed:
+                    self.arm_wake()
+            return 0
+        ep = <Endpoint>ptr
+        try:
+            if op == OP_RECV:
+                if ep.kind == KIND_DATAGRAM:
+                    self.recvmsg_done(ep, res)
+                else:
+                    self.recv_done(ep, res, flags)
+            elif op == OP_SEND:
+                self.send_done(ep, res)
+            elif op == OP_ACCEPT:
+                self.accept_done(ep, res, flags)
+            elif op == OP_POLL:
+                self.poll_done(ep, res)
+            elif op == OP_SEND_POLL:
+                if not ep.flags & EP_RELEASING:
+                    self.flush(ep)
+        finally:
+            if not flags & IORING_CQE_F_MORE:
+                self.finish_op(ep)
+        return 0
+
+    cdef int finish_op(self, Endpoint ep) except -1:
+        # The final CQE of one SQE: drop the reference op_sqe() took.
+        ep.inflight -= 1
+        try:
+            if (ep.inflight == 0 and ep.flags & EP_RELEASING
+                    and not ep.flags & EP_RELEASED):
+                ep.flags |= EP_RELEASED
+                self.dgram_bufs.pop(ep, None)
+                self.releasing.discard(ep)
+                if not self.closed:
+                    ep.on_released()
+        finally:
+            Py_DECREF(ep)
+        return 0
+
+    cdef int give_back(self, unsigned int bid):
+        io_uring_buf_ring_add(self.br, self.bufs + bid * self.buf_size,
+                              self.buf_size, bid, self.buf_mask, 0)
+        io_uring_buf_ring_advance(self.br, 1)
+        return 0
+
+    cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1:
+        cdef bint more = flags & IORING_CQE_F_MORE
+        cdef unsigned int bid
+        cdef const char *data
+        if not more:
+            ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
+        if res > 0:
+            bid = flags >> IORING_CQE_BUFFER_SHIFT
+            data = self.bufs + bid * self.buf_size
+            try:
+                if ep.flags & EP_RELEASING:
+                    pass
+                elif ep.flags & EP_READING and not (self.stash and ep in self.stash):
+                    ep.on_data(data, res)
+                else:
+                    self.keep(ep, PyBytes_FromStringAndSize(data, res))
+            finally:
+                self.give_back(bid)
+            if not more and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+                self.counters['multishot_rearms'] += 1
+                self.arm_recv(ep)
+            return 0
+        if ep.flags & EP_RELEASING:
+            return 0
+        if res == 0:
+            if ep.flags & EP_READING and ep not in self.stash:
+                ep.flags &= ~EP_READING
+                return ep.on_eof()
+            return self.keep(ep, None)
+        if res == -ENOBUFS or res == -ECANCELED or res == -EINTR:
+            # Ring ran dry (the buffers are back once this batch is handed
+            # on), or a pause cancelled it: go on if we still read.
+            if res == -ENOBUFS:
+                self.counters['enobufs'] += 1
+            if not more and ep.flags & EP_READING:
+                self.counters['multishot_rearms'] += 1
+                self.arm_recv(ep)
+            return 0
+        if ep.flags & EP_READING:
+            ep.flags &= ~EP_READING
+            return ep.on_read_error(-res)
+        return 0
+
+    cdef int keep(self, Endpoint ep, object chunk) except -1:
+        # Data (or EOF: None) that arrived while the owner was not reading.
+        self.stash.setdefault(ep, []).append(chunk)
+        return 0
+
+    cdef int run_pending(self) except -1:
+        cdef list todo = self.pending
+        cdef Endpoint ep
+        self.pending = []
+        for ep in todo:
+            ep.flags &= ~EP_PENDING
+            try:
+                self.deliver_stash(ep)
+            except BaseException as exc:
+                self.dispatch_error(exc)
+        return 0
+
+    cdef int deliver_stash(self, Endpoint ep) except -1:
+        cdef list chunks = self.stash.get(ep)
+        if chunks is None:
+            return 0
+        while chunks and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            chunk = chunks.pop(0)
+            if chunk is None:
+                ep.flags &= ~EP_READING
+                del self.stash[ep]
+                return ep.on_eof()
+            ep.on_data(PyBytes_AS_STRING(chunk), len(chunk))
+        if not chunks:
+            self.stash.pop(ep, None)
+            if ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+                self.arm_recv(ep)
+        return 0
+
+    cdef int recvmsg_done(self, Endpoint ep, int res) except -1:
+        cdef bytearray space = self.dgram_bufs.get(ep)
+        cdef char *base
+        ep.armed &= ~ARM_RECV
+        if ep.flags & EP_RELEASING or space is None:
+            return 0
+        base = PyByteArray_AS_STRING(space)
+        if res >= 0:
+            # Delivered even if reading paused meanwhile: it was read.
+            ep.on_datagram(base + ADDR_SPACE, res, <sockaddr *>base,
+                           ep.send_msg.msg_namelen)
+        elif res != -ECANCELED and res != -EINTR:
+            # ICMP errors and the like: reported, reading goes on.
+            ep.on_read_error(-res)
+        if ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            self.arm_recv(ep)
+        return 0
+
+    cdef int send_done(self, Endpoint ep, int res) except -1:
+        cdef io_uring_sqe *sqe
+        ep.armed &= ~ARM_SEND
+        if ep.flags & EP_RELEASING:
+            return 0
+        if res >= 0:
+            ep.on_sent(res)
+            return self.flush(ep)       # the rest of the backlog, if any
+        if res == -EAGAIN or res == -EINTR:
+            # A nonblocking socket's buffer is full: wait until writable.
+            self.counters['send_eagain'] += 1
+            sqe = self.op_sqe(ep, OP_SEND_POLL)
+            io_uring_prep_poll_add(sqe, ep.fd, POLLOUT)
+            ep.armed |= ARM_SEND
+            return 0
+        ep.flags &= ~EP_SENDING
+        return ep.on_send_error(-res)
+
+    cdef int accept_done(self, Endpoint ep, int res, uint32_t flags) except -1:
+        cdef bint more = flags & IORING_CQE_F_MORE
+        cdef bint rearm = not more
+        if not more:
+            ep.armed &= ~ARM_ACCEPT
+        if res >= 0:
+            if ep.flags & EP_RELEASING or not ep.flags & EP_READING:
+                close(res)          # the server is closing: nobody to own it
+            else:
+                ep.on_accept(res)
+        elif res == -ECANCELED:
+            rearm = False
+        elif res == -EMFILE or res == -ENFILE:
+            self.counters['accept_emfile'] += 1
+            if not ep.flags & EP_RELEASING:
+                dropped = self.accept_emfile(ep)
+                ep.on_accept_error(-res)
+                if not dropped and rearm:
+                    # Not even the spare fd helped: retry in a while rather
+                    # than spin (asyncio waits the same second).
+                    rearm = False
+                    ep.flags &= ~EP_READING
+                    self.loop.call_later(1.0, self._retry_accept, ep)
+        elif res not in (-ECONNABORTED, -EINTR, -EAGAIN):
+            rearm = False
+            if not ep.flags & EP_RELEASING:
+                ep.on_accept_error(-res)
+        if rearm and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            self.counters['multishot_rearms'] += 1
+            self.arm_accept(ep)
+        return 0
+
+    cdef bint accept_emfile(self, Endpoint ep) except -1:
+        # Out of fds, the connection would wait in the backlog and the
+        # multishot accept fail again at once: give up the spare fd, accept
+        # and drop the connection, take the spare back.
+        cdef int fd = -1
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
+            fd = accept4(ep.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)
+            if fd >= 0:
+                close(fd)
+            self.reserve_fd = open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+        return fd >= 0
+
+    def _retry_accept(self, Endpoint ep):
+        if not ep.flags & EP_RELEASING and not self.closed:
+            self.start_reading(ep)
+
+    cdef int poll_done(self, Endpoint ep, int res) except -1:
+        ep.armed &= ~(ARM_POLL | ARM_POLL_CANCEL | ARM_POLL_IN | ARM_POLL_OUT)
+        if ep.flags & EP_RELEASING:
+            return 0
+        if res > 0:
+            ep.on_ready(<uint32_t>res)
+        elif res != -ECANCELED:
+            ep.on_ready(POLLERR)
+            return 0            # do not re-arm a poll the kernel refuses
+        # Single-shot, re-armed now and submitted after the callbacks ran:
+        # still ready then means another event, as level-triggered.
+        if not ep.flags & EP_RELEASING:
+            self.arm_poll(ep)
+        return 0
+
+    def stats(self):
+        """Counters of the completion path (re-arms, ENOBUFS, overflows)."""
+        return dict(self.counters)
+
+
+def new_driver(loop, *, unsigned int entries=DEFAULT_ENTRIES,
+               unsigned int cq_entries=DEFAULT_CQ_ENTRIES,
+               unsigned int buf_count=DEFAULT_BUF_COUNT,
+               unsigned int buf_size=DEFAULT_BUF_SIZE):
+    """The io_uring driver for `loop` (a fastsock CoreLoop)."""
+    if buf_count == 0 or buf_count & (buf_count - 1) or buf_count > 32768:
+        raise ValueError("buf_count must be a power of two up to 32768")
+    return UringDriver.new(loop, entries, cq_entries, buf_count, buf_size)
+
+
+cdef extern from *:
+    const char *FASTSOCK_LIBURING_VERSION
+
+LIBURING_VERSION = FASTSOCK_LIBURING_VERSION.decode()
+
+_SETUP_FLAG_NAMES = {
+    IORING_SETUP_SINGLE_ISSUER: "SINGLE_ISSUER",
+    IORING_SETUP_DEFER_TASKRUN: "DEFER_TASKRUN",
+    IORING_SETUP_COOP_TASKRUN: "COOP_TASKRUN",
+    IORING_SETUP_TASKRUN_FLAG: "TASKRUN_FLAG",
+    IORING_SETUP_CQSIZE: "CQSIZE",
+    IORING_SETUP_SUBMIT_ALL: "SUBMIT_ALL",
+    IORING_SETUP_R_DISABLED: "R_DISABLED",
+}
+
+# The opcodes the driver cannot do without.
+_REQUIRED_OPS = {
+    IORING_OP_POLL_ADD: "POLL_ADD", IORING_OP_POLL_REMOVE: "POLL_REMOVE",
+    IORING_OP_SENDMSG: "SENDMSG", IORING_OP_RECVMSG: "RECVMSG",
+    IORING_OP_ACCEPT: "ACCEPT", IORING_OP_ASYNC_CANCEL: "ASYNC_CANCEL",
+    IORING_OP_RECV: "RECV", IORING_OP_SEND: "SEND",
+}
+_OPTIONAL_OPS = {
+    IORING_OP_CONNECT: "CONNECT", IORING_OP_SPLICE: "SPLICE",
+    IORING_OP_SHUTDOWN: "SHUTDOWN", IORING_OP_SEND_ZC: "SEND_ZC",
+}
+
+_probe_result = None
+
+
+def _io_uring_disabled_sysctl():
+    try:
+        with io.open("/proc/sys/kernel/io_uring_disabled") as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return None
+
+
+cdef object _check_multishot_recv(UringDriver drv):
+    # Multishot recv (kernel 6.0+) cannot be seen in the opcode probe: try
+    # it on a socketpair and look for IORING_CQE_F_MORE.
+    cdef io_uring_sqe *sqe
+    cdef io_uring_cqe *cqe
+    cdef __kernel_timespec ts
+    cdef int ret, res = 0
+    cdef uint32_t flags = 0
+    a, b = socket.socketpair()
+    try:
+        drv.enable()
+        sqe = drv.get_sqe()
+        io_uring_prep_recv_multishot(sqe, a.fileno(), NULL, 0, 0)
+        sqe.flags |= IOSQE_BUFFER_SELECT
+        sqe.buf_group = BUF_GROUP
+        io_uring_sqe_set_data64(sqe, 1)
+        b.send(b"x")
+        ts.tv_sec = 1
+        ts.tv_nsec = 0
+        ret = io_uring_submit_and_wait_timeout(&drv.ring, &cqe, 1, &ts, NULL)
+        while io_uring_peek_batch_cqe(&drv.ring, &cqe, 1) == 1:
+            if cqe.user_data == 1:
+                res = cqe.res
+                flags = cqe.flags
+                io_uring_cq_advance(&drv.ring, 1)
+                break
+            io_uring_cq_advance(&drv.ring, 1)
+        if res == 1 and flags & IORING_CQE_F_MORE:
+            return ""
+        if res < 0:
+            return f"multishot recv unsupported: {os.strerror(-res)}"
+        return "multishot recv unsupported (kernel 6.0+ needed)"
+    finally:
+        a.close()
+        b.close()
+
+
+def probe():
+    """Can the io_uring driver run here, and with what.
+
+    Returns a dict: available (bool), reason (why not, "" if it can),
+    setup_flags (names the kernel accepted), opcodes (supported names of
+    those fastsock uses), liburing_version (built against), kernel.
+    The answer is computed once per process."""
+    global _probe_result
+    if _probe_result is not None:
+        return dict(_probe_result)
+    cdef UringDriver drv = None
+    cdef io_uring_probe *p
+    result = {
+        "available": False, "reason": "", "setup_flags": [], "opcodes": [],
+        "liburing_version": LIBURING_VERSION, "kernel": os.uname().release,
+    }
+    disabled = _io_uring_disabled_sysctl()
+    try:
+        drv = UringDriver.new(None, 8, 64, 8, 4096)
+    except OSError as exc:
+        if exc.errno == EPERM:
+            why = "io_uring_setup() was refused with EPERM"
+            if disabled:
+                why += f" (kernel.io_uring_disabled = {disabled})"
+            else:
+                why += (" (a seccomp filter, e.g. a container's default "
+                        "profile, blocks it)")
+        elif exc.errno == ENOSYS:
+            why = "this kernel has no io_uring (ENOSYS)"
+        else:
+            why = str(exc)
+        result["reason"] = why
+        _probe_result = result
+        return dict(result)
+    try:
+        result["setup_flags"] = [name for bit, name in _SETUP_FLAG_NAMES.items()
+                                 if drv.setup_flags & bit]
+        p = io_uring_get_probe_ring(&drv.ring)
+        if p == NULL:
+            result["reason"] = "io_uring opcode probe failed (kernel < 5.6)"
+        else:
+            try:
+                missing = [name for op, name in _REQUIRED_OPS.items()
+                           if not io_uring_opcode_supported(p, op)]
+                result["opcodes"] = [
+                    name for op, name in {**_REQUIRED_OPS, **_OPTIONAL_OPS}.items()
+                    if io_uring_opcode_supported(p, op)]
+            finally:
+                io_uring_free_probe(p)
+            if missing:
+                result["reason"] = ("io_uring lacks opcodes: "
+                                    + ", ".join(missing))
+            else:
+                result["reason"] = _check_multishot_recv(drv)
+                if not result["reason"]:
+                    result["opcodes"].append("RECV_MULTISHOT")
+        result["available"] = not result["reason"]
+    finally:
+        drv.close()
+    _probe_result = result
+    return dict(result)
