@@ -1,0 +1,230 @@
+"""loop.sendfile() over transports and loop.sock_sendfile() over sockets."""
+
+import asyncio
+import socket
+
+import pytest
+
+from _helpers import (STREAM_KINDS, RecordingProtocol, StreamPair, payload,
+                      sha)
+
+DATA = payload(3 * 1024 * 1024 + 123, seed=51)
+
+
+@pytest.fixture(params=STREAM_KINDS)
+def kind(request):
+    return request.param
+
+
+@pytest.fixture
+def datafile(tmp_path):
+    p = tmp_path / "data.bin"
+    p.write_bytes(DATA)
+    with open(p, "rb") as f:
+        yield f
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_sendfile_whole_file(loop, run, kind, datafile, fallback):
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            sent = await loop.sendfile(p.client.transport, datafile,
+                                       fallback=fallback)
+            assert sent == len(DATA)
+            assert datafile.tell() == len(DATA)
+            p.client.transport.write(b"trailer")  # usable again afterwards
+            got = await p.server_proto.wait_data(len(DATA) + 7)
+            assert sha(got) == sha(DATA + b"trailer")
+
+    run(main(), timeout=30)
+
+
+def test_sendfile_offset_and_count(loop, run, kind, datafile):
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            sent = await loop.sendfile(p.client.transport, datafile,
+                                       offset=1000, count=200_000)
+            assert sent == 200_000
+            assert datafile.tell() == 1000 + 200_000
+            got = await p.server_proto.wait_data(200_000)
+            assert got == DATA[1000:201_000]
+
+    run(main(), timeout=30)
+
+
+def test_sendfile_count_past_end(loop, run, kind, datafile):
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            start = len(DATA) - 500
+            sent = await loop.sendfile(p.client.transport, datafile,
+                                       offset=start, count=10_000)
+            assert sent == 500
+            assert datafile.tell() == len(DATA)
+            assert await p.server_proto.wait_data(500) == DATA[start:]
+
+    run(main(), timeout=30)
+
+
+def test_sendfile_empty_file(loop, run, kind, tmp_path):
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            with open(empty, "rb") as f:
+                assert await loop.sendfile(p.client.transport, f) == 0
+                assert f.tell() == 0
+
+    run(main())
+
+
+def test_sendfile_with_slow_reader(loop, run, kind, datafile):
+    """The peer is paused for a while: sendfile waits, nothing is lost, and
+    writes queued before sendfile go first."""
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            st = p.server_proto.transport
+            st.pause_reading()
+            p.client.transport.write(b"header")
+            task = asyncio.ensure_future(
+                loop.sendfile(p.client.transport, datafile))
+            await asyncio.sleep(0.05)
+            st.resume_reading()
+            assert await task == len(DATA)
+            got = await p.server_proto.wait_data(len(DATA) + 6)
+            assert sha(got) == sha(b"header" + DATA)
+
+    run(main(), timeout=30)
+
+
+def test_sendfile_write_during_sendfile_rejected(loop, run, kind, datafile):
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            p.server_proto.transport.pause_reading()
+            task = asyncio.ensure_future(
+                loop.sendfile(p.client.transport, datafile))
+            await asyncio.sleep(0.05)
+            assert not task.done()
+            with pytest.raises(RuntimeError):
+                p.client.transport.write(b"x")
+            p.server_proto.transport.resume_reading()
+            assert await task == len(DATA)
+
+    run(main(), timeout=30)
+
+
+def test_sendfile_argument_errors(loop, run, kind, datafile, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("hello")
+
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            tr = p.client.transport
+            with open(text) as tf:
+                with pytest.raises(ValueError):
+                    await loop.sendfile(tr, tf)
+            with pytest.raises(ValueError):
+                await loop.sendfile(tr, datafile, offset=-1)
+            with pytest.raises(ValueError):
+                await loop.sendfile(tr, datafile, count=0)
+            with pytest.raises(TypeError):
+                await loop.sendfile(tr, datafile, count="10")
+            tr.close()
+            with pytest.raises(RuntimeError):
+                await loop.sendfile(tr, datafile)
+
+    run(main())
+
+
+def test_sendfile_on_datagram_transport_unsupported(loop, run, datafile):
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0))
+        try:
+            with pytest.raises(RuntimeError):
+                await loop.sendfile(tr, datafile)
+        finally:
+            tr.close()
+            await asyncio.sleep(0)
+
+    run(main())
+
+
+# ---------------------------------------------------------------------------
+# sock_sendfile
+# ---------------------------------------------------------------------------
+
+def _nb_pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def _recv_exactly(loop, sock, n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, 1 << 20)
+        assert chunk, f"EOF after {len(buf)} of {n} bytes"
+        buf += chunk
+    return bytes(buf)
+
+
+@pytest.mark.parametrize("fallback", [True, False])
+def test_sock_sendfile(loop, run, datafile, fallback):
+    a, b = _nb_pair()
+
+    async def main():
+        with a, b:
+            recv = asyncio.ensure_future(_recv_exactly(loop, b, len(DATA)))
+            sent = await loop.sock_sendfile(a, datafile, fallback=fallback)
+            assert sent == len(DATA)
+            assert datafile.tell() == len(DATA)
+            assert sha(await recv) == sha(DATA)
+
+    run(main(), timeout=30)
+
+
+def test_sock_sendfile_offset_count_tcp(loop, run, datafile):
+    async def main():
+        with socket.socket() as lsock, socket.socket() as cli:
+            lsock.bind(("127.0.0.1", 0))
+            lsock.listen(1)
+            lsock.setblocking(False)
+            cli.setblocking(False)
+            acc = asyncio.ensure_future(loop.sock_accept(lsock))
+            await loop.sock_connect(cli, lsock.getsockname())
+            conn, _ = await acc
+            with conn:
+                recv = asyncio.ensure_future(
+                    _recv_exactly(loop, conn, 1_000_000))
+                sent = await loop.sock_sendfile(cli, datafile, 4096,
+                                                1_000_000)
+                assert sent == 1_000_000
+                assert datafile.tell() == 4096 + 1_000_000
+                assert await recv == DATA[4096:4096 + 1_000_000]
+
+    run(main(), timeout=30)
+
+
+def test_sock_sendfile_errors(loop, run, datafile, tmp_path):
+    text = tmp_path / "t.txt"
+    text.write_text("x")
+
+    async def main():
+        a, b = _nb_pair()
+        with a, b:
+            with open(text) as tf:
+                with pytest.raises(ValueError):
+                    await loop.sock_sendfile(a, tf)
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(a, datafile, -5)
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(a, datafile, 0, 0)
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setblocking(False)
+        with udp:
+            with pytest.raises(ValueError):
+                await loop.sock_sendfile(udp, datafile)
+
+    run(main())
