@@ -1,8 +1,10 @@
 """Helpers shared by the behaviour tests (imported by conftest and tests)."""
 
 import asyncio
+import atexit
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -171,6 +173,7 @@ def make_self_signed_cert(hostname="localhost"):
     if hostname in _CERT_CACHE:
         return _CERT_CACHE[hostname]
     d = tempfile.mkdtemp(prefix="fastsock-tls-")
+    atexit.register(shutil.rmtree, d, True)
     certfile = os.path.join(d, "cert.pem")
     keyfile = os.path.join(d, "key.pem")
     try:
