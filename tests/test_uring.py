@@ -348,6 +348,7 @@ def test_loop_runs_in_the_thread_that_first_runs_it(make_uring_loop):
     assert result == [b"hello"]
     # The ring now takes submissions from that thread only: running the loop
     # elsewhere is a clear error, closing it from here is fine.
+    loop.call_soon(loop.stop)
     with pytest.raises(RuntimeError, match="another thread"):
-        loop.run_until_complete(asyncio.sleep(0))
+        loop.run_forever()
     loop.close()
