@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 
-from asyncio import events
+from asyncio import base_events, events
 from selectors import _fileobj_to_fd
 from libc.math cimport ceil
 from libc.stdint cimport uint32_t
@@ -317,13 +317,15 @@ cdef class CoreLoop:
                     continue
                 if self.debug:
                     self._current_handle = h
-                    t0 = self.now()
-                    h.run()
-                    dt = self.now() - t0
-                    self._current_handle = None
-                    if dt >= self.slow_callback_duration:
-                        logger.warning('Executing %s took %.3f seconds',
-                                       events._format_handle(h), dt)
+                    try:
+                        t0 = self.now()
+                        h.run()
+                        dt = self.now() - t0
+                        if dt >= self.slow_callback_duration:
+                            logger.warning('Executing %s took %.3f seconds',
+                                           base_events._format_handle(h), dt)
+                    finally:
+                        self._current_handle = None
                 else:
                     h.run()
         except BaseException:
