@@ -9,6 +9,7 @@ registered only while a backlog remains. Watchers (add_reader/add_writer) are
 level-triggered, as selectors are.
 """
 
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint32_t, uint64_t
 
@@ -209,6 +210,9 @@ cdef class EpollDriver(Driver):
                            <int>timeout_ms)
         if n < 0:
             if errno == EINTR:
+                # Run Python signal handlers now (PEP 475): a
+                # KeyboardInterrupt must not wait for the next event.
+                PyErr_CheckSignals()
                 n = 0
             else:
                 raise OSError(errno, "epoll_wait failed")
