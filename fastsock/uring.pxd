@@ -10,6 +10,7 @@ cdef class UringDriver(Driver):
         io_uring ring
         bint ring_ok
         bint enabled                # R_DISABLED ring enabled by its thread
+        bint direct_send            # write() tries send(2) before an SQE
         unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
         readonly unsigned int setup_flags
         int wakefd
@@ -33,11 +34,12 @@ cdef class UringDriver(Driver):
     @staticmethod
     cdef UringDriver new(object loop, unsigned int entries,
                          unsigned int cq_entries, unsigned int buf_count,
-                         unsigned int buf_size)
+                         unsigned int buf_size, bint direct_send)
 
     cdef int setup_ring(self, unsigned int entries,
                         unsigned int cq_entries) except -1
     cdef int setup_buffers(self) except -1
+    cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n)
     cdef io_uring_sqe *get_sqe(self) except NULL
     cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL
     cdef int submit(self) except -1
