@@ -189,6 +189,11 @@ cdef class BaseTransport(Endpoint):
     def abort(self):
         self.force_close(None)
 
+    def _force_close(self, exc):
+        # asyncio's SSLProtocol calls this on a failed handshake or shutdown
+        # timeout, as selector transports have it.
+        self.force_close(exc)
+
     def __repr__(self):
         info = [type(self).__name__]
         if self.sock is None:
