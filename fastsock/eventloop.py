@@ -224,13 +224,17 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
-    async def _sock_io(self, sock, want_write, op, *args):
-        # One mechanism for every sock_* call: try at once; if the kernel
-        # would block, retry whenever the fd is ready until done.
-        try:
-            return op(*args)
-        except (BlockingIOError, InterruptedError):
-            pass
+    async def _sock_io(self, sock, want_write, op, try_now=True):
+        # One mechanism for every sock_* call: try at once (unless the
+        # caller just did); if the kernel would block, retry whenever the fd
+        # is ready until done. `op` takes no arguments and looks the socket
+        # method up on each try, as asyncio does (a test may swap it while
+        # we wait).
+        if try_now:
+            try:
+                return op()
+            except (BlockingIOError, InterruptedError):
+                pass
         fd = sock.fileno()
         self._ensure_fd_no_transport(fd)
         fut = self.create_future()
@@ -239,7 +243,7 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
             if fut.done():
                 return
             try:
-                result = op(*args)
+                result = op()
             except (BlockingIOError, InterruptedError):
                 return
             except (SystemExit, KeyboardInterrupt):
@@ -249,36 +253,46 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
             else:
                 fut.set_result(result)
 
+        def done(_):
+            # A later sock_* call on the same fd replaced (cancelled) our
+            # handle: its watch is not ours to remove.
+            if not handle.cancelled():
+                if want_write:
+                    self._remove_writer(fd)
+                else:
+                    self._remove_reader(fd)
+
         if want_write:
-            self._add_writer(fd, ready)
-            fut.add_done_callback(lambda _: self._remove_writer(fd))
+            handle = self._add_writer(fd, ready)
         else:
-            self._add_reader(fd, ready)
-            fut.add_done_callback(lambda _: self._remove_reader(fd))
+            handle = self._add_reader(fd, ready)
+        fut.add_done_callback(done)
         return await fut
 
     async def sock_recv(self, sock, n):
         self._check_sock(sock)
-        return await self._sock_io(sock, False, sock.recv, n)
+        return await self._sock_io(sock, False, lambda: sock.recv(n))
 
     async def sock_recv_into(self, sock, buf):
         self._check_sock(sock)
-        return await self._sock_io(sock, False, sock.recv_into, buf)
+        return await self._sock_io(sock, False, lambda: sock.recv_into(buf))
 
     async def sock_recvfrom(self, sock, bufsize):
         self._check_sock(sock)
-        return await self._sock_io(sock, False, sock.recvfrom, bufsize)
+        return await self._sock_io(sock, False,
+                                   lambda: sock.recvfrom(bufsize))
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         self._check_sock(sock)
         if not nbytes:
             nbytes = len(buf)
-        return await self._sock_io(sock, False, sock.recvfrom_into, buf,
-                                   nbytes)
+        return await self._sock_io(sock, False,
+                                   lambda: sock.recvfrom_into(buf, nbytes))
 
     async def sock_sendto(self, sock, data, address):
         self._check_sock(sock)
-        return await self._sock_io(sock, True, sock.sendto, data, address)
+        return await self._sock_io(sock, True,
+                                   lambda: sock.sendto(data, address))
 
     async def sock_sendall(self, sock, data):
         self._check_sock(sock)
@@ -323,7 +337,8 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
             if err != 0:
                 raise OSError(err, f'Connect call failed {address}')
 
-        await self._sock_io(sock, True, connected)
+        # SO_ERROR means something only once the socket is writable.
+        await self._sock_io(sock, True, connected, try_now=False)
 
     # -- sendfile --------------------------------------------------------------------
 

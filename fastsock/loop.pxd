@@ -36,6 +36,6 @@ cdef class CoreLoop:
     cdef int run_once(self) except -1
     cdef int purge_cancelled_timers(self) except -1
     cdef long poll_timeout(self)
-    cdef int add_watch(self, int fd, bint writer, object callback,
-                       tuple args) except -1
+    cdef Handle add_watch(self, int fd, bint writer, object callback,
+                          tuple args)
     cdef bint remove_watch(self, int fd, bint writer) except -1

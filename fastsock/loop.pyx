@@ -359,13 +359,15 @@ cdef class CoreLoop:
 
     # -- readiness watchers (add_reader/add_writer) --------------------------
 
+    # Like asyncio, these return the handle: a sock_* call whose handle was
+    # replaced by a newer call on the same fd must not remove the newer one.
     def _add_reader(self, fd, callback, *args):
         self.check_open()
-        self.add_watch(_fileobj_to_fd(fd), False, callback, args)
+        return self.add_watch(_fileobj_to_fd(fd), False, callback, args)
 
     def _add_writer(self, fd, callback, *args):
         self.check_open()
-        self.add_watch(_fileobj_to_fd(fd), True, callback, args)
+        return self.add_watch(_fileobj_to_fd(fd), True, callback, args)
 
     def _remove_reader(self, fd):
         if self.closed:
@@ -386,8 +388,8 @@ cdef class CoreLoop:
         self.watchers.clear()
         self.driver.close()
 
-    cdef int add_watch(self, int fd, bint writer, object callback,
-                       tuple args) except -1:
+    cdef Handle add_watch(self, int fd, bint writer, object callback,
+                          tuple args):
         cdef Watcher w = self.watchers.get(fd)
         cdef Handle h = Handle.new(self, callback, args, None)
         cdef Handle old
@@ -401,7 +403,8 @@ cdef class CoreLoop:
             old, w.reader = w.reader, h
         if old is not None:
             old.cancel()
-        return w.update()
+        w.update()
+        return h
 
     cdef bint remove_watch(self, int fd, bint writer) except -1:
         cdef Watcher w = self.watchers.get(fd)
