@@ -342,6 +342,13 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
 
     # -- sendfile --------------------------------------------------------------------
 
+    # sock_sendfile: asyncio's own sendfile(2) loop for Unix, which runs on
+    # our readiness watchers.
+    _sock_sendfile_native = _Unix._sock_sendfile_native
+    _sock_sendfile_native_impl = _Unix._sock_sendfile_native_impl
+    _sock_sendfile_update_filepos = _Unix._sock_sendfile_update_filepos
+    _sock_add_cancellation_callback = _Unix._sock_add_cancellation_callback
+
     async def _sendfile_native(self, transp, file, offset, count):
         # Native zero-copy sendfile comes with the zero-copy work; until
         # then asyncio's documented fallback does the job.
