@@ -67,6 +67,8 @@ def bench_loop(benchmark, loop):
         stats = benchmark.stats.stats if benchmark.stats else None
         if stats is not None and stats.mean:
             benchmark.extra_info["ops_per_s"] = round(ops / stats.mean)
+            if "bytes" in extra:
+                benchmark.extra_info["mib_s"] = round(extra["bytes"] / stats.mean / (1 << 20), 1)
         return result
     return run
 
