@@ -27,7 +27,8 @@ def test_call_soon_returns_cancellable_handle(loop):
     h1 = loop.call_soon(order.append, 1)
     h2 = loop.call_soon(order.append, 2)
     loop.call_soon(order.append, 3)
-    assert isinstance(h1, asyncio.Handle)
+    # Duck-typed: a C loop may use its own handle classes (uvloop does).
+    assert callable(h1.cancel) and h1.cancelled() is False
     assert not h2.cancelled()
     h2.cancel()
     assert h2.cancelled()
@@ -133,7 +134,7 @@ def test_call_at_ordering_and_not_early(loop):
 def test_timer_handle_cancel_and_when(loop):
     fired = []
     h = loop.call_later(0.01, fired.append, "cancelled")
-    assert isinstance(h, asyncio.TimerHandle)
+    assert callable(h.cancel) and callable(h.when)
     assert h.when() == pytest.approx(loop.time() + 0.01, abs=0.5)
     h.cancel()
     assert h.cancelled()
