@@ -81,6 +81,9 @@ def _child_setup(cpu):
 class Server:
     """One server process: start(), .addr, .pid, rss_kib(), stop()."""
 
+    _serial = 0     # unique socket paths: a server that closes must never
+                    # unlink the path another live server listens on
+
     def __init__(self, model, transport, workdir, cpu, file=None):
         self.model, self.transport, self.cpu, self.file = model, transport, cpu, file
         self.workdir = Path(workdir)
@@ -99,7 +102,8 @@ class Server:
     def start(self, timeout=15.0):
         mode = "sendfile" if self.file else "echo"
         if self.transport == "unix":
-            addr = f"unix:{self.workdir / f'{self.model}-{mode}.sock'}"
+            Server._serial += 1
+            addr = f"unix:{self.workdir / f'{self.model}-{mode}-{Server._serial}.sock'}"
         else:
             addr = "tcp:127.0.0.1:0"
         try:

@@ -80,7 +80,8 @@ def table_rows(rows):
         if r["workload"] == "idle" and r.get("held") != r["conns"]:
             notes.append(f"only {r.get('held', 0):.0f} connections held")
         if r.get("errors"):
-            notes.append(f"ERRORS {r['errors']}: {r.get('first_error', '')}")
+            kind = "DATA ERRORS" if r.get("data_errors") else "connection errors"
+            notes.append(f"{kind} {r['errors']}: {r.get('first_error', '')}")
         if r.get("generator_bound"):
             notes.append("generator-bound")
         if r.get("foreign_cpu", 0) > 0.15:
@@ -186,12 +187,21 @@ def verdict(rows, skipped):
             parts.append(f"{m} {_gmean(vals):.2f}x")
         lines.insert(0, "Ping-pong, geometric mean of req/s relative to uvloop: "
                      + ", ".join(parts) + ".")
-    errs = [r for r in rows if r.get("errors")]
+    errs = [r for r in rows if r.get("data_errors")]
     if errs:
-        lines.append("DATA ERRORS (echoed bytes did not match): " + ", ".join(
-            f"{r['model']} in {_case_label(r)} ({r['errors']})" for r in errs))
+        lines.append("DATA ERRORS (bytes wrong, missing or extra): " + ", ".join(
+            f"{r['model']} in {_case_label(r)} ({r['data_errors']})" for r in errs))
     else:
-        lines.append("Every echoed byte was verified; no mismatches.")
+        lines.append("Every byte received was checked against what was sent; "
+                     "no mismatches.")
+    cerrs = [r for r in rows if r.get("errors") and not r.get("data_errors")]
+    if cerrs:
+        lines.append("Connection errors (see the notes): " + ", ".join(
+            f"{r['model']} in {_case_label(r)} ({r['errors']})" for r in cerrs))
+    failed = [r for r in rows if r.get("failed_rounds")]
+    if failed:
+        lines.append("Rounds that failed (medians use the rest): " + ", ".join(
+            f"{r['model']} in {_case_label(r)}: {r['failure']}" for r in failed))
     busy = [r.get("foreign_cpu", 0) for r in rows if "foreign_cpu" in r]
     if busy and max(busy) > 0.15:
         lines.append(f"Other processes used up to {max(busy):.0%} of a CPU during "

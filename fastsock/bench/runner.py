@@ -333,6 +333,10 @@ def summarize(cases, models, runs):
                     row[key] = round(v, 3)
             row["rounds"] = len(good)
             row["errors"] = sum(r.get("errors", 0) for r in good)
+            # Wrong or missing bytes, as opposed to connections that failed.
+            row["data_errors"] = sum(r.get("mismatched_bytes", 0) + r.get("surplus_bytes", 0)
+                                     + r.get("short_files", 0) + r.get("unexpected_eof", 0)
+                                     for r in good)
             firsts = [r.get("first_error") for r in good if r.get("first_error")]
             if firsts:
                 row["first_error"] = firsts[0]
