@@ -19,6 +19,7 @@ cdef class CoreLoop:
     cdef:
         readonly Driver driver
         list ready
+        list io_ready               # watcher callbacks of the current poll
         list timers                 # heap of TimerHandle
         int timers_cancelled
         bint closed
@@ -34,6 +35,7 @@ cdef class CoreLoop:
     cdef int check_open(self) except -1
     cdef Handle soon(self, object callback, tuple args, object context)
     cdef int run_once(self) except -1
+    cdef int run_handles(self, list todo) except -1
     cdef int purge_cancelled_timers(self) except -1
     cdef long poll_timeout(self)
     cdef Handle add_watch(self, int fd, bint writer, object callback,

@@ -66,13 +66,13 @@ cdef class Watcher(Endpoint):
             if h._cancelled:
                 self.loop.remove_watch(self.fd, False)
             else:
-                self.loop.ready.append(h)
+                self.loop.io_ready.append(h)
         if self.writer is not None and (revents & POLLOUT or bad):
             h = self.writer
             if h._cancelled:
                 self.loop.remove_watch(self.fd, True)
             else:
-                self.loop.ready.append(h)
+                self.loop.io_ready.append(h)
         return 0
 
 
@@ -81,6 +81,7 @@ cdef class CoreLoop:
     def __cinit__(self):
         cdef timespec res
         self.ready = []
+        self.io_ready = []
         self.timers = []
         self.watchers = {}
         clock_getres(CLOCK_MONOTONIC, &res)
@@ -271,20 +272,30 @@ cdef class CoreLoop:
         return <long>ceil(delay * 1e3)
 
     cdef int run_once(self) except -1:
+        # The order of one asyncio iteration: the callbacks scheduled before
+        # it, then the I/O callbacks of its poll, then the timers due; what
+        # these schedule waits for the next iteration. The driver runs
+        # transport I/O callbacks inside poll(), so the callbacks scheduled
+        # before must run first, not after: e.g. the task awaiting
+        # create_connection() resumes before the first data_received().
         cdef TimerHandle timer
-        cdef Handle h
         cdef list todo
-        cdef Py_ssize_t i, n
-        cdef double end, t0, dt
+        cdef double end
+
+        todo = self.ready
+        self.ready = []
+        self.run_handles(todo)
 
         self.purge_cancelled_timers()
-
         self.polling = True
         try:
             self.driver.poll(self.poll_timeout())
         finally:
             self.polling = False
 
+        # Watcher callbacks (add_reader/add_writer) of this poll, then timers.
+        todo = self.io_ready
+        self.io_ready = []
         end = self.now() + self.clock_resolution
         while self.timers:
             timer = self.timers[0]
@@ -295,14 +306,13 @@ cdef class CoreLoop:
             if timer._cancelled:
                 self.timers_cancelled -= 1
             else:
-                self.ready.append(timer)
+                todo.append(timer)
+        return self.run_handles(todo)
 
-        # Only what was ready now runs; what these callbacks schedule waits
-        # for the next iteration.
-        todo = self.ready
-        self.ready = []
-        n = len(todo)
-        i = 0
+    cdef int run_handles(self, list todo) except -1:
+        cdef Handle h
+        cdef Py_ssize_t i = 0, n = len(todo)
+        cdef double t0, dt
         try:
             while i < n:
                 obj = todo[i]

@@ -122,14 +122,20 @@ cdef class BaseTransport(Endpoint):
     cdef int start(self, object waiter) except -1:
         self.loop.soon(self.protocol.connection_made, (self,), None)
         # Only start reading once connection_made() has been called.
-        self.loop.soon(self._start_reading, (), None)
+        self.loop.soon(self._start_reading, (True,), None)
         if waiter is not None:
             # Only wake the waiter once connection_made() has been called.
             self.loop.soon(set_result_unless_cancelled, (waiter, None), None)
         return 0
 
-    def _start_reading(self):
-        if self.is_reading():
+    def _start_reading(self, bint wait):
+        # asyncio's first read comes from the poll after the one that
+        # follows connection_made(): by then the task awaiting the waiter
+        # has resumed (create_connection() returned). A driver reads as
+        # soon as it is asked, so ask one iteration later.
+        if wait:
+            self.loop.soon(self._start_reading, (False,), None)
+        elif self.is_reading():
             self.loop.driver.start_reading(self)
 
     # -- asyncio.BaseTransport ------------------------------------------------
