@@ -32,6 +32,17 @@ cdef enum:
     EP_PENDING = 1 << 5        # queued for another read/accept round
     EP_WANT_IN = 1 << 6        # watcher: readable interest
     EP_WANT_OUT = 1 << 7       # watcher/datagram: writable interest
+    EP_ZC_READY = 1 << 8       # epoll: SO_ZEROCOPY set on the socket
+    EP_ABORTIVE = 1 << 9       # released by abort()/an error: the stream
+                               # may be reset to end zero-copy sends at once
+
+cdef enum:
+    # Endpoint.send_mode, set by prepare_send()
+    SEND_BYTES = 0             # send_msg/send_iov: an ordinary send
+    SEND_ZEROCOPY = 1          # send_msg/send_iov without a copy; send_refs
+                               # holds the objects until the kernel's notice
+    SEND_FILE = 2              # file_fd/file_offset/file_count: sendfile(2)
+                               # on epoll, splice through a pipe on io_uring
 
 
 cdef class Driver
@@ -49,6 +60,21 @@ cdef class Endpoint:
         # it stays valid while an io_uring SENDMSG is in flight.
         msghdr send_msg
         iovec send_iov[SEND_IOV_MAX]
+        int send_mode
+        object send_refs
+        int file_fd
+        long long file_offset
+        size_t file_count
+        # Zero-copy sends the kernel has not released yet (driver-owned):
+        # epoll keeps (seq, refs) pairs until the error queue reports them.
+        object zc_hold
+        unsigned int zc_seq
+        int zc_pending              # zero-copy sends whose notice is due
+        # counters a user can read (kept by the driver)
+        unsigned long long zc_sends
+        unsigned long long zc_bytes
+        unsigned long long zc_copied
+        unsigned long long sendfile_bytes
 
     # Stream data. `buf` is valid only during the call: copy what you keep.
     cdef int on_data(self, const char *buf, Py_ssize_t n) except -1
@@ -57,12 +83,19 @@ cdef class Endpoint:
     # Datagram read.
     cdef int on_datagram(self, const char *buf, Py_ssize_t n,
                          sockaddr *addr, socklen_t addrlen) except -1
-    # Stream backlog: fill send_msg/send_iov with what to send next; return
-    # the number of iovecs (0: nothing left). The memory must stay valid
-    # until on_sent() or on_send_error() is called.
+    # Stream backlog: set send_mode and fill send_msg/send_iov (or the file_*
+    # fields) with what to send next; return the number of iovecs (1 for a
+    # file; 0: nothing left). The memory must stay valid until on_sent() or
+    # on_send_error(); in SEND_ZEROCOPY mode the driver keeps send_refs
+    # alive until the kernel's notification.
     cdef int prepare_send(self) except -1
+    # n bytes of what prepare_send() described went out (0 for a file: it
+    # ended early).
     cdef int on_sent(self, Py_ssize_t n) except -1
     cdef int on_send_error(self, int err) except -1
+    # The kernel released a zero-copy send; `copied`: it copied anyway, or
+    # zero copy is not possible on this socket (stop asking for it).
+    cdef int on_zc_report(self, bint copied) except -1
     # Listener: a new connection (the callee owns fd), or an accept error.
     cdef int on_accept(self, int fd) except -1
     cdef int on_accept_error(self, int err) except -1
@@ -100,5 +133,6 @@ cdef class Driver:
     cdef int release(self, Endpoint ep) except -1
 
     # Helpers for subclasses.
+    cdef int reset_stream(self, Endpoint ep) except -1
     cdef int dispatch_error(self, object exc) except -1
     cdef int check_pending(self) except -1

@@ -1,8 +1,9 @@
 # cython: language_level=3
 """The driver contract: see driver.pxd."""
 
-from fastsock.system cimport (send, errno, EAGAIN, EINTR, MSG_NOSIGNAL,
-                              MSG_DONTWAIT)
+from libc.string cimport memset
+from fastsock.system cimport (send, connect, errno, EAGAIN, EINTR,
+                              MSG_NOSIGNAL, MSG_DONTWAIT, AF_UNSPEC)
 
 
 cdef class Endpoint:
@@ -31,6 +32,9 @@ cdef class Endpoint:
         return 0
 
     cdef int on_send_error(self, int err) except -1:
+        return 0
+
+    cdef int on_zc_report(self, bint copied) except -1:
         return 0
 
     cdef int on_accept(self, int fd) except -1:
@@ -91,6 +95,18 @@ cdef class Driver:
 
     cdef int release(self, Endpoint ep) except -1:
         raise NotImplementedError  # abstract
+
+    cdef int reset_stream(self, Endpoint ep) except -1:
+        # An aborted stream with zero-copy sends the peer never acked: the
+        # kernel would hold (and we would have to keep) those pages until it
+        # gives up retransmitting. connect(AF_UNSPEC) disconnects the TCP
+        # socket without closing the fd: the write queue is purged, and the
+        # completion notices arrive at once.
+        cdef sockaddr addr
+        memset(&addr, 0, sizeof(addr))
+        addr.sa_family = AF_UNSPEC
+        connect(ep.fd, &addr, sizeof(addr))
+        return 0
 
     cdef int dispatch_error(self, object exc) except -1:
         # An on_* call raised (only BaseExceptions that transports do not

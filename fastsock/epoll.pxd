@@ -11,6 +11,7 @@ cdef class EpollDriver(Driver):
         int reserve_fd          # spare fd given up to survive EMFILE
         list graveyard          # released during a batch: freed after it
         list pending            # endpoints owed another read/accept round
+        set zc_waiting          # released, zero-copy notices still due
         char *rbuf
         Py_ssize_t rbuf_size
         epoll_event events[EPOLL_MAX_EVENTS]
@@ -26,4 +27,8 @@ cdef class EpollDriver(Driver):
     cdef int accept_all(self, Endpoint ep) except -1
     cdef int accept_emfile(self, Endpoint ep) except -1
     cdef int run_pending(self) except -1
+    cdef Py_ssize_t send_zerocopy(self, Endpoint ep) except -2
+    cdef int read_zc_notices(self, Endpoint ep) except -1
+    cdef int release_zc(self, Endpoint ep, unsigned int lo, unsigned int hi, bint copied) except -1
+    cdef int finish_release(self, Endpoint ep) except -1
     cdef int defer(self, Endpoint ep) except -1

@@ -12,6 +12,9 @@ level-triggered, as selectors are.
 from cpython.exc cimport PyErr_CheckSignals
 from libc.stdlib cimport malloc, free
 from libc.stdint cimport uint32_t, uint64_t
+from libc.string cimport memset
+
+import collections
 
 from fastsock.driver cimport *
 from fastsock.system cimport *
@@ -23,6 +26,9 @@ cdef enum:
     DGRAMS_PER_WAKEUP = 64
 
 cdef uint32_t STREAM_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
+
+# Endpoints whose zero-copy sends were never reported when their loop closed.
+_kept_for_kernel = []
 
 
 cdef class EpollDriver(Driver):
@@ -36,6 +42,7 @@ cdef class EpollDriver(Driver):
         self.endpoints = {}
         self.graveyard = []
         self.pending = []
+        self.zc_waiting = set()
         self.epfd = self.wakefd = self.reserve_fd = -1
         self.rbuf_size = READ_BUFFER_SIZE
         self.rbuf = <char *>malloc(self.rbuf_size)
@@ -70,6 +77,14 @@ cdef class EpollDriver(Driver):
             if fd >= 0:
                 close(fd)
         self.epfd = self.wakefd = self.reserve_fd = -1
+        # Zero-copy sends never reported: the kernel may still read those
+        # pages, so their objects must never be freed.
+        for ep in self.zc_waiting:
+            _kept_for_kernel.append(ep)
+        for ep in self.endpoints.values():
+            if (<Endpoint>ep).zc_hold:
+                _kept_for_kernel.append(ep)
+        self.zc_waiting.clear()
         self.endpoints.clear()
         self.pending.clear()
         self.graveyard.clear()
@@ -160,16 +175,24 @@ cdef class EpollDriver(Driver):
 
     cdef int flush(self, Endpoint ep) except -1:
         cdef Py_ssize_t n
-        cdef int niov
+        cdef long off
         if ep.flags & EP_RELEASING:
             return 0
         while True:
-            niov = ep.prepare_send()
-            if niov == 0:
+            if ep.prepare_send() == 0:
                 ep.flags &= ~EP_SENDING
                 return self.set_out(ep, False)
             ep.flags |= EP_SENDING
-            n = sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if ep.send_mode == SEND_FILE:
+                off = ep.file_offset
+                n = sendfile(ep.fd, ep.file_fd, &off,
+                             min(ep.file_count, <size_t>SENDFILE_MAX))
+                if n > 0:
+                    ep.sendfile_bytes += n
+            elif ep.send_mode == SEND_ZEROCOPY:
+                n = self.send_zerocopy(ep)
+            else:
+                n = sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
             if n >= 0:
                 ep.on_sent(n)
                 continue
@@ -181,21 +204,117 @@ cdef class EpollDriver(Driver):
             self.set_out(ep, False)
             return ep.on_send_error(errno)
 
+    cdef Py_ssize_t send_zerocopy(self, Endpoint ep) except -2:
+        # MSG_ZEROCOPY: the kernel pins the pages and tells us through the
+        # socket's error queue when it is done; until then the objects stay
+        # in ep.zc_hold. Each successful call gets the next sequence number.
+        cdef int one = 1
+        cdef Py_ssize_t n
+        if not ep.flags & EP_ZC_READY:
+            if setsockopt(ep.fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0:
+                ep.on_zc_report(True)       # not on this socket: copy
+                return sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            ep.flags |= EP_ZC_READY
+            ep.zc_hold = collections.deque()
+        n = sendmsg(ep.fd, &ep.send_msg,
+                    MSG_NOSIGNAL | MSG_DONTWAIT | MSG_ZEROCOPY)
+        if n >= 0:
+            ep.zc_hold.append((ep.zc_seq, ep.send_refs))
+            ep.zc_seq += 1
+            ep.zc_pending += 1
+            ep.inflight += 1
+            ep.zc_sends += 1
+            ep.zc_bytes += n
+        elif errno == ENOBUFS:
+            # Out of optmem for pinned pages: this and later sends copy.
+            ep.on_zc_report(True)
+            n = sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+        return n
+
+    cdef int read_zc_notices(self, Endpoint ep) except -1:
+        cdef char control[256]
+        cdef msghdr msg
+        cdef cmsghdr *cm
+        cdef sock_extended_err *serr
+        cdef unsigned int lo, hi, seq
+        cdef bint copied
+        while ep.zc_hold:
+            memset(&msg, 0, sizeof(msg))
+            msg.msg_control = control
+            msg.msg_controllen = sizeof(control)
+            if recvmsg(ep.fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0:
+                if errno == EINTR:
+                    continue
+                break
+            cm = CMSG_FIRSTHDR(&msg)
+            while cm != NULL:
+                if ((cm.cmsg_level == SOL_IP and cm.cmsg_type == IP_RECVERR) or
+                        (cm.cmsg_level == SOL_IPV6 and cm.cmsg_type == IPV6_RECVERR)):
+                    serr = <sock_extended_err *>CMSG_DATA(cm)
+                    if (serr.ee_origin == SO_EE_ORIGIN_ZEROCOPY
+                            and serr.ee_errno == 0):
+                        lo = serr.ee_info
+                        hi = serr.ee_data
+                        copied = (serr.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0
+                        self.release_zc(ep, lo, hi, copied)
+                cm = CMSG_NXTHDR(&msg, cm)
+        if not ep.zc_hold and ep.flags & EP_RELEASING and not ep.flags & EP_RELEASED:
+            self.finish_release(ep)
+        return 0
+
+    cdef int release_zc(self, Endpoint ep, unsigned int lo, unsigned int hi,
+                        bint copied) except -1:
+        # Notices cover the ranges [lo, hi] of sequence numbers, in order.
+        cdef unsigned int seq
+        cdef int count = 0
+        while ep.zc_hold:
+            seq = ep.zc_hold[0][0]
+            if <unsigned int>(seq - lo) > <unsigned int>(hi - lo):
+                break
+            ep.zc_hold.popleft()
+            ep.zc_pending -= 1
+            ep.inflight -= 1
+            count += 1
+        if copied:
+            ep.zc_copied += count
+        ep.on_zc_report(copied)
+        return 0
+
+    cdef int finish_release(self, Endpoint ep) except -1:
+        cdef epoll_event ev
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, ep.fd, &ev)
+        self.zc_waiting.discard(ep)
+        self.graveyard.append(ep)
+        ep.flags |= EP_RELEASED
+        return ep.on_released()
+
     cdef int release(self, Endpoint ep) except -1:
         cdef epoll_event ev
         if ep.flags & EP_RELEASING:
             return 0
         ep.flags |= EP_RELEASING
         ep.flags &= ~(EP_READING | EP_SENDING)
-        if ep.flags & EP_ADDED:
-            epoll_ctl(self.epfd, EPOLL_CTL_DEL, ep.fd, &ev)
-            if self.endpoints.get(ep.fd) is ep:
-                del self.endpoints[ep.fd]
-            # Events for it may still sit in the current batch.
-            self.graveyard.append(ep)
+        if not ep.flags & EP_ADDED:
+            ep.flags |= EP_RELEASED
+            return ep.on_released()
+        if self.endpoints.get(ep.fd) is ep:
+            del self.endpoints[ep.fd]
+        if ep.zc_hold:
+            # The kernel still reads pinned pages of zero-copy sends: keep
+            # the fd (and the objects) until the error queue releases them;
+            # only EPOLLERR is wanted now. After an abort, reset the stream
+            # so that happens now rather than after the peer acks.
+            self.zc_waiting.add(ep)
+            self.ctl(EPOLL_CTL_MOD, ep, EPOLLET)
+            if ep.flags & EP_ABORTIVE:
+                self.reset_stream(ep)
+                self.read_zc_notices(ep)
+            return 0
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, ep.fd, &ev)
+        # Events for it may still sit in the current batch.
+        self.graveyard.append(ep)
         ep.flags |= EP_RELEASED
-        ep.on_released()
-        return 0
+        return ep.on_released()
 
     # -- the loop -----------------------------------------------------------
 
@@ -222,7 +341,15 @@ cdef class EpollDriver(Driver):
                 continue
             ep = <Endpoint>self.events[i].data.ptr
             if ep.flags & EP_RELEASING:
-                continue
+                if ep.flags & EP_RELEASED or not ep.zc_hold:
+                    continue
+            try:
+                if self.events[i].events & EPOLLERR and ep.zc_hold:
+                    self.read_zc_notices(ep)
+                if ep.flags & EP_RELEASING:
+                    continue
+            except BaseException as exc:
+                self.dispatch_error(exc)
             try:
                 self.handle(ep, self.events[i].events)
             except BaseException as exc:

@@ -14,9 +14,11 @@ through a pidfd in the driver, never through SIGCHLD.
 
 import errno
 import functools
+import io
 import os
 import signal
 import socket
+import stat
 import warnings
 
 from asyncio import base_events, constants, exceptions, sslproto
@@ -342,18 +344,64 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
 
     # -- sendfile --------------------------------------------------------------------
 
-    # sock_sendfile: asyncio's own sendfile(2) loop for Unix, which runs on
-    # our readiness watchers.
-    _sock_sendfile_native = _Unix._sock_sendfile_native
-    _sock_sendfile_native_impl = _Unix._sock_sendfile_native_impl
-    _sock_sendfile_update_filepos = _Unix._sock_sendfile_update_filepos
-    _sock_add_cancellation_callback = _Unix._sock_add_cancellation_callback
+    # Both go through the driver's SEND_FILE path: sendfile(2) on epoll,
+    # splice through a pipe with io_uring operations on uring (no blocking
+    # call on the loop thread). What cannot go natively (not a regular file,
+    # no fileno) raises SendfileNotAvailableError, and asyncio's callers
+    # fall back to reading and writing when fallback=True.
+
+    @staticmethod
+    def _native_file(file, offset):
+        try:
+            fileno = file.fileno()
+        except (AttributeError, io.UnsupportedOperation) as err:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        try:
+            st = os.fstat(fileno)
+        except OSError:
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        if not stat.S_ISREG(st.st_mode):
+            raise exceptions.SendfileNotAvailableError("not a regular file")
+        return fileno, st.st_size
+
+    async def _sock_sendfile_native(self, sock, file, offset, count):
+        fileno, fsize = self._native_file(file, offset)
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0
+        self._ensure_fd_no_transport(sock.fileno())
+        job = _transports.send_file(self, sock.fileno(), fileno, offset,
+                                    blocksize)
+        try:
+            return await job.done
+        except OSError as exc:
+            if job.sent == 0 and exc.errno in (
+                    errno.EINVAL, errno.ENOTSOCK, errno.EOPNOTSUPP):
+                raise exceptions.SendfileNotAvailableError(
+                    f"sendfile is not available for {sock!r}: {exc}")
+            raise
+        finally:
+            if job.sent > 0:
+                file.seek(offset + job.sent)
 
     async def _sendfile_native(self, transp, file, offset, count):
-        # Native zero-copy sendfile comes with the zero-copy work; until
-        # then asyncio's documented fallback does the job.
-        raise exceptions.SendfileNotAvailableError(
-            "native sendfile is not implemented for fastsock transports yet")
+        if not isinstance(transp, _transports.StreamTransport):
+            raise exceptions.SendfileNotAvailableError(
+                f"native sendfile is not supported for {transp!r}")
+        self._check_sendfile_params(transp._sock, file, offset, count)
+        fileno, fsize = self._native_file(file, offset)
+        blocksize = count if count else fsize
+        if not blocksize:
+            return 0
+        await transp._make_empty_waiter()      # what write() queued first
+        job = None
+        try:
+            job = transp._sendfile(fileno, offset, blocksize)
+            return await job.done
+        finally:
+            transp._reset_empty_waiter()
+            if job is not None and job.sent > 0:
+                file.seek(offset + job.sent)
 
     async def _sendfile_fallback(self, transp, file, offset, count):
         if not isinstance(transp, _transports.StreamTransport):

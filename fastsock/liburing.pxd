@@ -1,6 +1,6 @@
 # liburing 2.3 declarations (only what fastsock uses). Declarations only.
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t, int64_t
 from fastsock.system cimport msghdr, sockaddr, socklen_t
 
 
@@ -47,6 +47,7 @@ cdef extern from "<liburing.h>" nogil:
         IORING_OP_SPLICE
         IORING_OP_SHUTDOWN
         IORING_OP_SEND_ZC
+        IORING_OP_SENDMSG_ZC
         IORING_OP_LAST
 
     struct io_uring_sqe:
@@ -140,5 +141,8 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_prep_cancel_fd(io_uring_sqe *sqe, int fd, unsigned flags)
     void io_uring_prep_cancel64(io_uring_sqe *sqe, uint64_t user_data,
                                 int flags)
+    void io_uring_prep_splice(io_uring_sqe *sqe, int fd_in, int64_t off_in,
+                              int fd_out, int64_t off_out, unsigned nbytes,
+                              unsigned splice_flags)
     void io_uring_prep_read(io_uring_sqe *sqe, int fd, void *buf,
                             unsigned nbytes, uint64_t offset)

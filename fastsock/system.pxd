@@ -64,6 +64,7 @@ cdef extern from "<sys/socket.h>" nogil:
         int msg_flags
 
     enum:
+        AF_UNSPEC
         AF_UNIX
         AF_INET
         AF_INET6
@@ -78,7 +79,22 @@ cdef extern from "<sys/socket.h>" nogil:
         SOL_SOCKET
         SO_ERROR
 
+    struct cmsghdr:
+        size_t cmsg_len
+        int cmsg_level
+        int cmsg_type
+
+    cmsghdr *CMSG_FIRSTHDR(msghdr *msg)
+    cmsghdr *CMSG_NXTHDR(msghdr *msg, cmsghdr *cmsg)
+    unsigned char *CMSG_DATA(cmsghdr *cmsg)
+
+    enum:
+        MSG_ERRQUEUE
+        MSG_ZEROCOPY
+        SO_ZEROCOPY
+
     ssize_t recv(int fd, void *buf, size_t n, int flags)
+    ssize_t recvmsg(int fd, msghdr *msg, int flags)
     ssize_t send(int fd, const void *buf, size_t n, int flags)
     ssize_t sendmsg(int fd, const msghdr *msg, int flags)
     ssize_t recvfrom(int fd, void *buf, size_t n, int flags,
@@ -87,7 +103,41 @@ cdef extern from "<sys/socket.h>" nogil:
                    const sockaddr *addr, socklen_t addrlen)
     int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
     int shutdown(int fd, int how)
+    int connect(int fd, const sockaddr *addr, socklen_t addrlen)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    int setsockopt(int fd, int level, int name, const void *val,
+                   socklen_t len)
+
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        SOL_IP
+        SOL_IPV6
+        IP_RECVERR
+        IPV6_RECVERR
+
+
+cdef extern from "<linux/errqueue.h>" nogil:
+    struct sock_extended_err:
+        unsigned int ee_errno
+        unsigned char ee_origin
+        unsigned char ee_type
+        unsigned char ee_code
+        unsigned int ee_info
+        unsigned int ee_data
+    enum:
+        SO_EE_ORIGIN_ZEROCOPY
+        SO_EE_CODE_ZEROCOPY_COPIED
+
+
+cdef extern from "<sys/sendfile.h>" nogil:
+    ssize_t sendfile(int out_fd, int in_fd, long *offset, size_t count)
+
+
+cdef extern from *:
+    # sendfile(2) moves at most this much per call
+    enum:
+        SENDFILE_MAX "0x7ffff000"
 
 
 cdef extern from "<sys/epoll.h>" nogil:

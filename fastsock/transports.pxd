@@ -25,6 +25,7 @@ cdef class BaseTransport(Endpoint):
                    object extra, object server) except -1
     cdef int start(self, object waiter) except -1
     cdef Py_ssize_t backlog(self)
+    cdef bint has_backlog(self)
     cdef int drop_backlog(self) except -1
     cdef int begin_release(self, object exc) except -1
     cdef int fatal_error(self, object exc, str message) except -1
@@ -33,9 +34,35 @@ cdef class BaseTransport(Endpoint):
     cdef int maybe_resume_protocol(self) except -1
 
 
+cdef class FileSegment:
+    # A stretch of a file queued by loop.sendfile(): sent by the driver
+    # (SEND_FILE), not counted in the write buffer size.
+    cdef:
+        int fd
+        long long offset
+        Py_ssize_t remaining
+        readonly Py_ssize_t sent
+        readonly object done        # future: total bytes sent
+
+
+cdef class PinnedBuffer:
+    # A caller's buffer for write_zerocopy(): exported (pinned) while queued
+    # or held for the kernel; its future resolves when the last reference
+    # goes, i.e. when the kernel has released the memory.
+    cdef:
+        Py_buffer view
+        bint has_view
+        bint sent_all
+        object done
+        CoreLoop loop
+
+    @staticmethod
+    cdef PinnedBuffer new(CoreLoop loop, object data, object done)
+
+
 cdef class StreamTransport(BaseTransport):
     cdef:
-        list wbuf                   # bytes objects waiting to be sent
+        list wbuf                   # bytes, PinnedBuffer or FileSegment
         Py_ssize_t wbuf_start       # first live entry of wbuf
         Py_ssize_t wbuf_offset      # bytes of wbuf[wbuf_start] already sent
         Py_ssize_t wbuf_size
@@ -44,11 +71,17 @@ cdef class StreamTransport(BaseTransport):
         bint buffered               # protocol is a BufferedProtocol
         bytes stash                 # read but not delivered (paused)
         object empty_waiter
+        Py_ssize_t zc_threshold     # bytes writes this large go zero-copy
+        bint zc_enabled             # off once the kernel copied anyway
 
     @staticmethod
     cdef StreamTransport new(CoreLoop loop, object sock, object protocol,
                              object waiter, object extra, object server)
     cdef int queue(self, object data, Py_ssize_t skip) except -1
+    cdef bint zc_eligible(self, object entry)
+    cdef int file_sent(self, Py_ssize_t n) except -1
+    cdef int after_sent(self) except -1
+    cdef int fail_files(self, object exc) except -1
     cdef int feed_buffered(self, const char *buf, Py_ssize_t n) except -1
     cdef int send_done(self) except -1
 
@@ -64,6 +97,16 @@ cdef class DatagramTransport(BaseTransport):
     cdef DatagramTransport new(CoreLoop loop, object sock, object protocol,
                                object address, object waiter, object extra)
     cdef int send_backlog(self) except -1
+
+
+cdef class FileSender(Endpoint):
+    # loop.sock_sendfile(): a user's socket borrowed for one transfer. It
+    # does not own the fd; the driver sends the file (SEND_FILE) and the
+    # result future resolves once the driver has forgotten the fd.
+    cdef:
+        CoreLoop loop
+        FileSegment seg
+        object error
 
 
 cdef class Listener(Endpoint):

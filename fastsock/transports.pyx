@@ -19,6 +19,7 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
                              PyBUF_SIMPLE, PyBUF_WRITABLE)
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_FromStringAndSize)
+from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, strlen
 from libc.stdint cimport uint32_t
 
@@ -188,7 +189,7 @@ cdef class BaseTransport(Endpoint):
             return
         self.closing = True
         self.loop.driver.stop_reading(self)
-        if self.backlog() == 0:
+        if not self.has_backlog():
             self.conn_lost += 1
             self.begin_release(None)
 
@@ -270,6 +271,9 @@ cdef class BaseTransport(Endpoint):
     cdef Py_ssize_t backlog(self):
         return 0
 
+    cdef bint has_backlog(self):
+        return self.backlog() != 0
+
     cdef int drop_backlog(self) except -1:
         return 0
 
@@ -294,6 +298,7 @@ cdef class BaseTransport(Endpoint):
             self.closing = True
             self.loop.driver.stop_reading(self)
         self.conn_lost += 1
+        self.flags |= EP_ABORTIVE
         return self.begin_release(exc)
 
     cdef int begin_release(self, object exc) except -1:
@@ -321,6 +326,55 @@ cdef class BaseTransport(Endpoint):
                 self.server = None
 
 
+# Writes of immutable bytes at least this large go out without a copy
+# (MSG_ZEROCOPY / SEND_ZC) until the kernel says it copied anyway. Below it,
+# pinning pages and reading notifications cost more than copying: see the
+# zero-copy benchmark in the README.
+DEFAULT_ZEROCOPY_THRESHOLD = 64 * 1024
+cdef Py_ssize_t NO_ZEROCOPY = -1
+
+
+cdef class FileSegment:
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("made by loop.sendfile()")
+
+
+cdef class PinnedBuffer:
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("made by transport.write_zerocopy()")
+
+    @staticmethod
+    cdef PinnedBuffer new(CoreLoop loop, object data, object done):
+        cdef PinnedBuffer self = PinnedBuffer.__new__(PinnedBuffer)
+        PyObject_GetBuffer(data, &self.view, PyBUF_SIMPLE)
+        self.has_view = True
+        self.loop = loop
+        self.done = done
+        return self
+
+    def __dealloc__(self):
+        # The last reference is gone: neither the transport nor the kernel
+        # (a zero-copy send's hold) uses the memory any more.
+        if self.has_view:
+            PyBuffer_Release(&self.view)
+            self.has_view = False
+        done = self.done
+        if done is None or done.done() or self.loop is None or self.loop.closed:
+            return
+        if self.sent_all:
+            self.loop.soon(set_result_unless_cancelled, (done, None), None)
+        else:
+            self.loop.soon(_fail_unless_cancelled, (done, ConnectionError(
+                'the transport closed before the buffer was sent')), None)
+
+
+def _fail_unless_cancelled(fut, exc):
+    if not fut.cancelled():
+        fut.set_exception(exc)
+
+
 cdef class StreamTransport(BaseTransport):
 
     _start_tls_compatible = True
@@ -332,6 +386,8 @@ cdef class StreamTransport(BaseTransport):
         cdef StreamTransport self = StreamTransport.__new__(StreamTransport)
         self.kind = KIND_STREAM
         self.wbuf = []
+        self.zc_threshold = DEFAULT_ZEROCOPY_THRESHOLD
+        self.zc_enabled = sock.family in (socket.AF_INET, socket.AF_INET6)
         base_events._set_nodelay(sock)
         self.setup(loop, sock, protocol, extra, server)
         self.start(waiter)
@@ -451,9 +507,10 @@ cdef class StreamTransport(BaseTransport):
                 logger.warning('socket.send() raised exception.')
             self.conn_lost += 1
             return
-        if self.wbuf_size:
-            # A backlog is being sent: keep order.
+        if self.wbuf or self.zc_eligible(data):
+            # A backlog is being sent (keep order), or this goes zero-copy.
             self.queue(data, 0)
+            self.loop.driver.flush(self)
             return self.maybe_pause_protocol()
         try:
             PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -482,7 +539,7 @@ cdef class StreamTransport(BaseTransport):
         # bytes are kept as they are; `skip` bytes of it are already sent.
         if type(data) is not bytes:
             data = memoryview(data).tobytes()
-        if not self.wbuf_size:
+        if not self.wbuf:
             self.wbuf_offset = skip
         self.wbuf.append(data)
         self.wbuf_size += PyBytes_GET_SIZE(data) - skip
@@ -491,19 +548,59 @@ cdef class StreamTransport(BaseTransport):
     cdef Py_ssize_t backlog(self):
         return self.wbuf_size
 
+    cdef bint has_backlog(self):
+        # a file segment counts as a backlog but not as buffered bytes
+        return len(self.wbuf) != 0
+
+    cdef bint zc_eligible(self, object entry):
+        if not self.zc_enabled:
+            return False
+        if type(entry) is bytes:
+            return (self.zc_threshold != NO_ZEROCOPY
+                    and PyBytes_GET_SIZE(entry) >= self.zc_threshold)
+        return type(entry) is PinnedBuffer
+
     cdef int prepare_send(self) except -1:
+        # What goes next: a file segment alone, or a run of entries that
+        # share a mode (zero-copy or copied), gathered into one sendmsg.
         cdef int i = 0
         cdef Py_ssize_t idx = self.wbuf_start
         cdef Py_ssize_t end = len(self.wbuf)
         cdef Py_ssize_t offset = self.wbuf_offset
-        cdef bytes chunk
+        cdef FileSegment seg
+        cdef PinnedBuffer pinned
+        cdef bint zc
+        self.send_refs = None
+        if idx == end:
+            return 0
+        entry = self.wbuf[idx]
+        if type(entry) is FileSegment:
+            seg = <FileSegment>entry
+            self.send_mode = SEND_FILE
+            self.file_fd = seg.fd
+            self.file_offset = seg.offset
+            self.file_count = seg.remaining
+            return 1
+        zc = self.zc_eligible(entry)
+        if zc:
+            self.send_refs = []
         while idx < end and i < SEND_IOV_MAX:
-            chunk = self.wbuf[idx]
-            self.send_iov[i].iov_base = PyBytes_AS_STRING(chunk) + offset
-            self.send_iov[i].iov_len = PyBytes_GET_SIZE(chunk) - offset
+            entry = self.wbuf[idx]
+            if type(entry) is FileSegment or self.zc_eligible(entry) != zc:
+                break
+            if type(entry) is bytes:
+                self.send_iov[i].iov_base = PyBytes_AS_STRING(entry) + offset
+                self.send_iov[i].iov_len = PyBytes_GET_SIZE(entry) - offset
+            else:
+                pinned = <PinnedBuffer>entry
+                self.send_iov[i].iov_base = <char *>pinned.view.buf + offset
+                self.send_iov[i].iov_len = pinned.view.len - offset
+            if zc:
+                self.send_refs.append(entry)
             offset = 0
             idx += 1
             i += 1
+        self.send_mode = SEND_ZEROCOPY if zc else SEND_BYTES
         self.send_msg.msg_name = NULL
         self.send_msg.msg_namelen = 0
         self.send_msg.msg_iov = self.send_iov
@@ -515,29 +612,70 @@ cdef class StreamTransport(BaseTransport):
 
     cdef int on_sent(self, Py_ssize_t n) except -1:
         cdef Py_ssize_t left
+        self.send_refs = None
+        if self.send_mode == SEND_FILE:
+            return self.file_sent(n)
         self.wbuf_size -= n
         while n > 0:
-            left = PyBytes_GET_SIZE(self.wbuf[self.wbuf_start]) - self.wbuf_offset
+            entry = self.wbuf[self.wbuf_start]
+            if type(entry) is bytes:
+                left = PyBytes_GET_SIZE(entry) - self.wbuf_offset
+            else:
+                left = (<PinnedBuffer>entry).view.len - self.wbuf_offset
             if n < left:
                 self.wbuf_offset += n
                 break
             n -= left
+            if type(entry) is PinnedBuffer:
+                (<PinnedBuffer>entry).sent_all = True
             self.wbuf[self.wbuf_start] = None
             self.wbuf_start += 1
             self.wbuf_offset = 0
-        if self.wbuf_size == 0:
+        return self.after_sent()
+
+    cdef int after_sent(self) except -1:
+        if self.wbuf_start == len(self.wbuf):
             self.wbuf.clear()
             self.wbuf_start = 0
         elif self.wbuf_start > 64 and self.wbuf_start * 2 > len(self.wbuf):
             del self.wbuf[:self.wbuf_start]
             self.wbuf_start = 0
         self.maybe_resume_protocol()    # may write more
-        if self.wbuf_size == 0:
+        if not self.wbuf:
             self.send_done()
         return 0
 
+    cdef int file_sent(self, Py_ssize_t n) except -1:
+        cdef FileSegment seg = self.wbuf[self.wbuf_start]
+        seg.offset += n
+        seg.sent += n
+        seg.remaining -= n
+        if n == 0 or seg.remaining <= 0:
+            # Done, or the file ended before `count` bytes.
+            self.wbuf[self.wbuf_start] = None
+            self.wbuf_start += 1
+            if not seg.done.done():
+                seg.done.set_result(seg.sent)
+        return self.after_sent()
+
+    cdef int fail_files(self, object exc) except -1:
+        cdef FileSegment seg
+        for entry in self.wbuf:
+            if type(entry) is FileSegment:
+                seg = <FileSegment>entry
+                if not seg.done.done():
+                    seg.done.set_exception(exc)
+        return 0
+
+    cdef int on_zc_report(self, bint copied) except -1:
+        if copied:
+            # Loopback and some devices always copy; then zero copy only
+            # adds the cost of pinning and notifications.
+            self.zc_enabled = False
+        return 0
+
     cdef int send_done(self) except -1:
-        if self.empty_waiter is not None:
+        if self.empty_waiter is not None and not self.empty_waiter.done():
             self.empty_waiter.set_result(None)
         if self.closing:
             if not self.conn_lost:
@@ -549,6 +687,7 @@ cdef class StreamTransport(BaseTransport):
 
     cdef int on_send_error(self, int err) except -1:
         exc = errno_error(err)
+        self.fail_files(exc)
         self.fatal_error(exc, 'Fatal write error on socket transport')
         if self.empty_waiter is not None:
             self.empty_waiter.set_exception(exc)
@@ -558,6 +697,7 @@ cdef class StreamTransport(BaseTransport):
         # An io_uring send may still point into these buffers: keep them
         # until the driver releases the transport.
         if self.wbuf:
+            self.fail_files(ConnectionError('Connection lost'))
             if self.held is None:
                 self.held = []
             self.held.append(self.wbuf)
@@ -576,8 +716,76 @@ cdef class StreamTransport(BaseTransport):
         if self.closing or self.eof:
             return
         self.eof = True
-        if not self.wbuf_size:
+        if not self.wbuf:
             self.sock.shutdown(socket.SHUT_WR)
+
+    # -- zero copy -------------------------------------------------------------
+
+    def write_zerocopy(self, data):
+        """Send `data` (any contiguous buffer) without copying it when the
+        socket allows. Returns a future resolved once the kernel has
+        released the buffer: do not change the buffer before then. Where
+        zero copy is not possible the data is sent by copy and the future
+        resolves once it is sent."""
+        if self.eof:
+            raise RuntimeError('Cannot call write() after write_eof()')
+        if self.empty_waiter is not None:
+            raise RuntimeError('unable to write; sendfile is in progress')
+        done = self.loop.create_future()
+        if self.conn_lost:
+            done.set_exception(ConnectionError('Connection lost'))
+            return done
+        pinned = PinnedBuffer.new(self.loop, data, done)
+        if pinned.view.len == 0:
+            pinned.sent_all = True
+            return done
+        if not self.wbuf:
+            self.wbuf_offset = 0
+        self.wbuf.append(pinned)
+        self.wbuf_size += pinned.view.len
+        self.loop.driver.flush(self)
+        self.maybe_pause_protocol()
+        return done
+
+    def set_zerocopy_threshold(self, threshold):
+        """bytes writes of at least `threshold` bytes go out zero-copy
+        (None: never). Mutable buffers are always copied by write()."""
+        if threshold is None:
+            self.zc_threshold = NO_ZEROCOPY
+        elif threshold < 0:
+            raise ValueError("threshold must be >= 0 or None")
+        else:
+            self.zc_threshold = threshold
+
+    def get_zerocopy_threshold(self):
+        return None if self.zc_threshold == NO_ZEROCOPY else self.zc_threshold
+
+    def zerocopy_stats(self):
+        """Counters: zero-copy sends and their bytes, sends the kernel copied
+        anyway, bytes sent by loop.sendfile(), and whether zero copy is
+        still in use on this socket."""
+        return {
+            'zerocopy_sends': self.zc_sends,
+            'zerocopy_bytes': self.zc_bytes,
+            'zerocopy_copied': self.zc_copied,
+            'sendfile_bytes': self.sendfile_bytes,
+            'zerocopy_enabled': bool(self.zc_enabled),
+        }
+
+    def _sendfile(self, file_fd, offset, count):
+        # loop.sendfile(): the backlog is empty (the caller waited) and
+        # write() refuses while the empty waiter is set.
+        cdef FileSegment seg = FileSegment.__new__(FileSegment)
+        seg.fd = file_fd
+        seg.offset = offset
+        seg.remaining = count
+        seg.done = self.loop.create_future()
+        if self.conn_lost:
+            seg.done.set_exception(ConnectionError('Connection lost'))
+            return seg
+        self.wbuf.append(seg)
+        self.loop.driver.flush(self)
+        return seg
 
     # -- sendfile support (asyncio's protocol for loop.sendfile) ---------------
 
@@ -585,7 +793,7 @@ cdef class StreamTransport(BaseTransport):
         if self.empty_waiter is not None:
             raise RuntimeError("Empty waiter is already set")
         self.empty_waiter = self.loop.create_future()
-        if not self.wbuf_size:
+        if not self.wbuf:
             self.empty_waiter.set_result(None)
         return self.empty_waiter
 
@@ -702,6 +910,62 @@ cdef class DatagramTransport(BaseTransport):
                 self.conn_lost += 1
                 self.begin_release(None)
         return 0
+
+
+cdef class FileSender(Endpoint):
+
+    cdef int prepare_send(self) except -1:
+        if self.seg.remaining <= 0:
+            return 0
+        self.send_mode = SEND_FILE
+        self.file_fd = self.seg.fd
+        self.file_offset = self.seg.offset
+        self.file_count = self.seg.remaining
+        return 1
+
+    cdef int on_sent(self, Py_ssize_t n) except -1:
+        self.seg.offset += n
+        self.seg.sent += n
+        self.seg.remaining -= n
+        if n == 0 or self.seg.remaining <= 0:
+            self.seg.remaining = 0
+            self.loop.driver.release(self)
+        return 0
+
+    cdef int on_send_error(self, int err) except -1:
+        self.error = errno_error(err)
+        self.seg.remaining = 0
+        return self.loop.driver.release(self)
+
+    cdef int on_released(self) except -1:
+        if self.seg.done.done():
+            return 0
+        if self.error is not None:
+            self.seg.done.set_exception(self.error)
+        else:
+            self.seg.done.set_result(self.seg.sent)
+        return 0
+
+
+def send_file(CoreLoop loop, int sock_fd, int file_fd, long long offset,
+              Py_ssize_t count):
+    """Send `count` bytes of file_fd from `offset` to the socket sock_fd
+    (not owned: the caller keeps it). Returns the FileSegment: its `done`
+    future gives the bytes sent (fewer if the file ends first), `sent`
+    counts them as they go."""
+    cdef FileSender sender = FileSender.__new__(FileSender)
+    cdef FileSegment seg = FileSegment.__new__(FileSegment)
+    seg.fd = file_fd
+    seg.offset = offset
+    seg.remaining = count
+    seg.done = loop.create_future()
+    sender.fd = sock_fd
+    sender.kind = KIND_STREAM
+    sender.loop = loop
+    sender.seg = seg
+    loop.driver.add(sender)
+    loop.driver.flush(sender)
+    return seg
 
 
 cdef class Listener(Endpoint):

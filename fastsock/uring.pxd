@@ -5,12 +5,31 @@ from fastsock.liburing cimport io_uring, io_uring_sqe, io_uring_buf_ring
 cdef enum:
     CQE_BATCH = 256
 
+cdef class ZcHold:
+    # One zero-copy send: what its pages belong to, kept until the kernel's
+    # notification CQE (IORING_CQE_F_NOTIF).
+    cdef:
+        Endpoint ep
+        object refs
+
+
+cdef class SplicePipe:
+    # sendfile on io_uring: file -> pipe -> socket, two splices.
+    cdef:
+        int rfd
+        int wfd
+        Py_ssize_t size
+        Py_ssize_t pending          # bytes in the pipe, not yet sent
+
+
 cdef class UringDriver(Driver):
     cdef:
         io_uring ring
         bint ring_ok
         bint enabled                # R_DISABLED ring enabled by its thread
         bint direct_send            # write() tries send(2) before an SQE
+        bint has_send_zc            # IORING_OP_SENDMSG_ZC is there
+        dict pipes                  # Endpoint -> SplicePipe
         unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
         readonly unsigned int setup_flags
         int wakefd
@@ -46,7 +65,13 @@ cdef class UringDriver(Driver):
     cdef int enable(self) except -1
     cdef int reap(self) except -1
     cdef int complete(self, uint64_t ud, int res, uint32_t flags) except -1
-    cdef int finish_op(self, Endpoint ep) except -1
+    cdef int finish_op(self, Endpoint ep, object owner) except -1
+    cdef int forget(self, Endpoint ep) except -1
+    cdef int send_zc(self, Endpoint ep) except -1
+    cdef int send_zc_done(self, ZcHold hold, int res, uint32_t flags) except -1
+    cdef int splice_done(self, Endpoint ep, int op, int res) except -1
+    cdef int wait_writable(self, Endpoint ep) except -1
+    cdef SplicePipe new_pipe(self, Endpoint ep)
     cdef int arm_wake(self) except -1
     cdef int arm_recv(self, Endpoint ep) except -1
     cdef int arm_accept(self, Endpoint ep) except -1

@@ -21,6 +21,7 @@
   last CQE is in.
 """
 
+import fcntl
 import io
 import os
 import socket
@@ -54,6 +55,7 @@ cdef extern from "<sys/mman.h>" nogil:
 cdef extern from "<errno.h>" nogil:
     enum:
         EBUSY
+        EOPNOTSUPP
 
 # Operation tags, stored in the low bits of user_data next to the Endpoint
 # pointer (objects are 16-byte aligned).
@@ -65,7 +67,10 @@ cdef enum:
     OP_POLL = 4
     OP_SEND_POLL = 5    # POLLOUT wait after a send said EAGAIN
     OP_IGNORE = 6       # cancel requests (no endpoint)
-    OP_MASK = 7
+    OP_SEND_ZC = 7      # user_data points at a ZcHold, not the endpoint
+    OP_SPLICE_IN = 8    # file -> pipe
+    OP_SPLICE_OUT = 9   # pipe -> socket
+    OP_MASK = 15
 
 # Endpoint.armed bits: operations in flight, per kind.
 cdef enum:
@@ -88,6 +93,28 @@ cdef enum:
     REAP_ROUNDS = 8
 
 cdef Py_ssize_t ADDR_SPACE = sizeof(sockaddr_storage)
+# Kernel 6.2 flags liburing 2.3 does not name: ask SEND_ZC to report whether
+# it copied, and the bit that says so in the notification's res.
+cdef unsigned int SEND_ZC_REPORT_USAGE = 1 << 3
+cdef unsigned int NOTIF_USAGE_ZC_COPIED = 1u << 31
+cdef Py_ssize_t SPLICE_PIPE_SIZE = 1 << 20
+
+# Endpoints whose kernel operations never completed when their ring was
+# torn down: the memory they point at must never be freed.
+_kept_for_kernel = []
+
+
+cdef class ZcHold:
+    pass
+
+
+cdef class SplicePipe:
+
+    def __dealloc__(self):
+        if self.rfd >= 0:
+            close(self.rfd)
+            close(self.wfd)
+            self.rfd = self.wfd = -1
 
 
 cdef inline uint64_t tag(Endpoint ep, int op):
@@ -108,10 +135,12 @@ cdef class UringDriver(Driver):
         self.stash = {}
         self.pending = []
         self.dgram_bufs = {}
+        self.pipes = {}
         self.releasing = set()
         self.counters = dict.fromkeys((
             'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
-            'recv_cancels', 'send_eagain', 'accept_emfile'), 0)
+            'recv_cancels', 'send_eagain', 'accept_emfile', 'zerocopy_sends',
+            'zerocopy_copied', 'sendfile_bytes'), 0)
         self.wakefd = self.reserve_fd = -1
         self.buf_count = buf_count
         self.buf_size = buf_size
@@ -148,6 +177,11 @@ cdef class UringDriver(Driver):
             raise OSError(-ret, f"io_uring_setup failed: {os.strerror(-ret)}")
         self.ring_ok = True
         self.setup_flags = params.flags
+        cdef io_uring_probe *probe = io_uring_get_probe_ring(&self.ring)
+        if probe != NULL:
+            self.has_send_zc = io_uring_opcode_supported(probe,
+                                                         IORING_OP_SENDMSG_ZC)
+            io_uring_free_probe(probe)
         self.enabled = not (params.flags & IORING_SETUP_R_DISABLED)
         if not params.features & IORING_FEAT_NODROP:
             raise OSError(ENOSYS, "io_uring without IORING_FEAT_NODROP "
@@ -233,11 +267,10 @@ cdef class UringDriver(Driver):
                     # forever rather than risk the kernel writing freed
                     # memory.
                     pass
-            if self.inflight_endpoints():
-                # Same reasoning: the ring teardown cancels them in the
-                # kernel; the memory they point at must simply never be
-                # freed, so their references are kept.
-                pass
+            # Whatever still has operations in flight keeps the references
+            # its SQEs took (never dropped now) and is remembered here: the
+            # kernel may still touch its memory while the ring goes away.
+            _kept_for_kernel.extend(self.inflight_endpoints())
         self.free_ring()
         for fd in (self.wakefd, self.reserve_fd):
             if fd >= 0:
@@ -248,6 +281,7 @@ cdef class UringDriver(Driver):
         self.stash.clear()
         self.pending.clear()
         self.dgram_bufs.clear()
+        self.pipes.clear()
         return 0
 
     def inflight_endpoints(self):
@@ -293,6 +327,8 @@ cdef class UringDriver(Driver):
     cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL:
         # The SQE's reference to `ep` is dropped by its final CQE.
         cdef io_uring_sqe *sqe = self.get_sqe()
+        if <uintptr_t><void *>ep & OP_MASK:
+            raise SystemError("endpoint not 16-byte aligned")
         io_uring_sqe_set_data64(sqe, tag(ep, op))
         Py_INCREF(ep)
         ep.inflight += 1
@@ -433,14 +469,74 @@ cdef class UringDriver(Driver):
 
     cdef int flush(self, Endpoint ep) except -1:
         cdef io_uring_sqe *sqe
+        cdef SplicePipe pipe = None
         if ep.flags & EP_RELEASING or ep.armed & ARM_SEND:
-            return 0        # a send is in flight: its CQE goes on
+            return 0        # one send in flight per endpoint: its CQE goes on
+        if self.pipes:
+            pipe = self.pipes.get(ep)
+        if pipe is not None and pipe.pending:
+            # File bytes already in the pipe go first.
+            sqe = self.op_sqe(ep, OP_SPLICE_OUT)
+            io_uring_prep_splice(sqe, pipe.rfd, -1, ep.fd, -1,
+                                 <unsigned>pipe.pending, 0)
+            ep.armed |= ARM_SEND
+            return 0
         if ep.prepare_send() == 0:
             ep.flags &= ~EP_SENDING
             return 0
         ep.flags |= EP_SENDING
-        sqe = self.op_sqe(ep, OP_SEND)
+        if ep.send_mode == SEND_FILE:
+            if pipe is None:
+                pipe = self.new_pipe(ep)
+            sqe = self.op_sqe(ep, OP_SPLICE_IN)
+            io_uring_prep_splice(sqe, ep.file_fd, ep.file_offset, pipe.wfd, -1,
+                                 <unsigned>min(ep.file_count, <size_t>pipe.size),
+                                 0)
+        elif ep.send_mode == SEND_ZEROCOPY and self.has_send_zc:
+            return self.send_zc(ep)
+        else:
+            if ep.send_mode == SEND_ZEROCOPY:
+                ep.on_zc_report(True)       # no SENDMSG_ZC: copy
+            sqe = self.op_sqe(ep, OP_SEND)
+            io_uring_prep_sendmsg(sqe, ep.fd, &ep.send_msg, MSG_NOSIGNAL)
+        ep.armed |= ARM_SEND
+        return 0
+
+    cdef SplicePipe new_pipe(self, Endpoint ep):
+        cdef SplicePipe pipe = SplicePipe.__new__(SplicePipe)
+        pipe.rfd, pipe.wfd = os.pipe2(os.O_CLOEXEC)
+        try:
+            pipe.size = fcntl.fcntl(pipe.wfd, fcntl.F_SETPIPE_SZ,
+                                    SPLICE_PIPE_SIZE)
+        except OSError:
+            pipe.size = fcntl.fcntl(pipe.wfd, fcntl.F_GETPIPE_SZ)
+        self.pipes[ep] = pipe
+        return pipe
+
+    cdef int send_zc(self, Endpoint ep) except -1:
+        # SENDMSG_ZC: the first CQE says how much was sent (the iovecs are
+        # free again); the pages stay the kernel's until the F_NOTIF CQE,
+        # so the hold, not the transport, keeps their objects.
+        cdef ZcHold hold = ZcHold.__new__(ZcHold)
+        cdef io_uring_sqe *sqe = self.get_sqe()
+        hold.ep = ep
+        hold.refs = ep.send_refs
         io_uring_prep_sendmsg(sqe, ep.fd, &ep.send_msg, MSG_NOSIGNAL)
+        sqe.opcode = IORING_OP_SENDMSG_ZC
+        sqe.ioprio |= SEND_ZC_REPORT_USAGE
+        io_uring_sqe_set_data64(sqe, <uint64_t><uintptr_t><void *>hold | OP_SEND_ZC)
+        Py_INCREF(hold)
+        ep.inflight += 1
+        ep.zc_pending += 1
+        ep.armed |= ARM_SEND
+        return 0
+
+    cdef int wait_writable(self, Endpoint ep) except -1:
+        # The socket's buffer is full (a nonblocking socket said EAGAIN).
+        cdef io_uring_sqe *sqe
+        self.counters['send_eagain'] += 1
+        sqe = self.op_sqe(ep, OP_SEND_POLL)
+        io_uring_prep_poll_add(sqe, ep.fd, POLLOUT)
         ep.armed |= ARM_SEND
         return 0
 
@@ -496,12 +592,15 @@ cdef class UringDriver(Driver):
         if self.closed:
             return 0            # the ring is gone, and nothing is in flight
         if ep.inflight == 0:
-            self.dgram_bufs.pop(ep, None)
+            self.forget(ep)
             ep.flags |= EP_RELEASED
             return ep.on_released()
         # Cancel all that is in flight on the fd; on_released() follows the
-        # last CQE (finish_op).
+        # last CQE (finish_op). Zero-copy notices wait for the peer's ack:
+        # after an abort, reset the stream so they come now.
         self.releasing.add(ep)
+        if ep.zc_pending and ep.flags & EP_ABORTIVE:
+            self.reset_stream(ep)
         return self.prep_cancel_fd(ep)
 
     # -- waiting and completions ----------------------------------------------------
@@ -574,6 +673,8 @@ cdef class UringDriver(Driver):
                 if not flags & IORING_CQE_F_MORE and not self.closed:
                     self.arm_wake()
             return 0
+        if op == OP_SEND_ZC:
+            return self.send_zc_done(<ZcHold>ptr, res, flags)
         ep = <Endpoint>ptr
         try:
             if op == OP_RECV:
@@ -588,26 +689,96 @@ cdef class UringDriver(Driver):
             elif op == OP_POLL:
                 self.poll_done(ep, res)
             elif op == OP_SEND_POLL:
+                ep.armed &= ~ARM_SEND
                 if not ep.flags & EP_RELEASING:
                     self.flush(ep)
+            elif op == OP_SPLICE_IN or op == OP_SPLICE_OUT:
+                self.splice_done(ep, op, res)
         finally:
             if not flags & IORING_CQE_F_MORE:
-                self.finish_op(ep)
+                self.finish_op(ep, ep)
         return 0
 
-    cdef int finish_op(self, Endpoint ep) except -1:
-        # The final CQE of one SQE: drop the reference op_sqe() took.
+    cdef int send_zc_done(self, ZcHold hold, int res, uint32_t flags) except -1:
+        cdef Endpoint ep = hold.ep
+        cdef bint copied
+        try:
+            if flags & IORING_CQE_F_NOTIF:
+                copied = (<unsigned int>res & NOTIF_USAGE_ZC_COPIED) != 0
+                if copied:
+                    ep.zc_copied += 1
+                    self.counters['zerocopy_copied'] += 1
+                if not ep.flags & EP_RELEASING:
+                    ep.on_zc_report(copied)
+                return 0
+            ep.armed &= ~ARM_SEND
+            if ep.flags & EP_RELEASING:
+                return 0
+            if res >= 0:
+                ep.zc_sends += 1
+                ep.zc_bytes += res
+                self.counters['zerocopy_sends'] += 1
+                ep.on_sent(res)
+                return self.flush(ep)
+            if res == -EAGAIN or res == -EINTR:
+                return self.wait_writable(ep)
+            if res == -EOPNOTSUPP or res == -EINVAL or res == -ENOBUFS:
+                # Not on this socket (AF_UNIX), or out of pinned memory:
+                # the same bytes go again, by copy.
+                ep.on_zc_report(True)
+                return self.flush(ep)
+            ep.flags &= ~EP_SENDING
+            return ep.on_send_error(-res)
+        finally:
+            if not flags & IORING_CQE_F_MORE:
+                ep.zc_pending -= 1
+                self.finish_op(ep, hold)
+
+    cdef int splice_done(self, Endpoint ep, int op, int res) except -1:
+        cdef SplicePipe pipe = self.pipes.get(ep)
+        ep.armed &= ~ARM_SEND
+        if ep.flags & EP_RELEASING or pipe is None:
+            return 0
+        if op == OP_SPLICE_IN:
+            if res > 0:
+                pipe.pending = res
+                return self.flush(ep)           # now out to the socket
+            if res == 0:
+                ep.on_sent(0)                   # the file ended early
+                return self.flush(ep)
+        else:
+            if res > 0:
+                pipe.pending -= res
+                ep.sendfile_bytes += res
+                self.counters['sendfile_bytes'] += res
+                ep.on_sent(res)
+                return self.flush(ep)
+            if res == 0 or res == -EAGAIN or res == -EINTR:
+                return self.wait_writable(ep)
+        ep.flags &= ~EP_SENDING
+        return ep.on_send_error(-res)
+
+    cdef int finish_op(self, Endpoint ep, object owner) except -1:
+        # The final CQE of one SQE: drop the reference its submitter took
+        # (on the endpoint, or on the ZcHold of a zero-copy send).
         ep.inflight -= 1
         try:
             if (ep.inflight == 0 and ep.flags & EP_RELEASING
                     and not ep.flags & EP_RELEASED):
                 ep.flags |= EP_RELEASED
-                self.dgram_bufs.pop(ep, None)
-                self.releasing.discard(ep)
+                self.forget(ep)
                 if not self.closed:
                     ep.on_released()
         finally:
-            Py_DECREF(ep)
+            Py_DECREF(owner)
+        return 0
+
+    cdef int forget(self, Endpoint ep) except -1:
+        # Nothing in flight refers to ep's memory any more.
+        self.dgram_bufs.pop(ep, None)
+        self.releasing.discard(ep)
+        if self.pipes:
+            self.pipes.pop(ep, None)
         return 0
 
     cdef int give_back(self, unsigned int bid):
@@ -720,12 +891,7 @@ cdef class UringDriver(Driver):
             ep.on_sent(res)
             return self.flush(ep)       # the rest of the backlog, if any
         if res == -EAGAIN or res == -EINTR:
-            # A nonblocking socket's buffer is full: wait until writable.
-            self.counters['send_eagain'] += 1
-            sqe = self.op_sqe(ep, OP_SEND_POLL)
-            io_uring_prep_poll_add(sqe, ep.fd, POLLOUT)
-            ep.armed |= ARM_SEND
-            return 0
+            return self.wait_writable(ep)
         ep.flags &= ~EP_SENDING
         return ep.on_send_error(-res)
 

@@ -118,6 +118,10 @@ def test_sendfile_write_during_sendfile_rejected(loop, run, kind, datafile,
     fallback path instead lets writes interleave)."""
     async def main():
         async with StreamPair(loop, kind) as p:
+            # Small buffers, so the file cannot be sent while the peer does
+            # not read (loopback TCP autotunes its send buffer to MiBs).
+            p.client.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
             p.server_proto.transport.pause_reading()
             task = asyncio.ensure_future(
                 loop.sendfile(p.client.transport, datafile, fallback=False))
