@@ -78,6 +78,7 @@ def resolve(args):
                  workloads=workloads, idle_conns=opts["idle_conns"])
     if args.quick:
         cfg.sendfile_size = 4 << 20
+        cfg.server_warmup = 0.5
     return cfg
 
 
@@ -98,7 +99,8 @@ def run(args):
         try:
             models, skipped = bench.prepare()
         except native.NativeUnavailable as exc:
-            say(f"fastsock bench: cannot build the load generator: {exc}")
+            say(f"fastsock bench: the load generator is a C program and cannot "
+                f"be built here: {exc}")
             return 2
         for m, why in skipped.items():
             say(f"skipping {m}: {why}")

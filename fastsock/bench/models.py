@@ -143,8 +143,16 @@ class Server:
         if self._stderr is None:
             return ""
         self._stderr.seek(0)
-        text = self._stderr.read().decode(errors="replace").strip()
-        return " | ".join(text.splitlines()[-lines:])
+        text = self._stderr.read().decode(errors="replace").strip().splitlines()
+        # The last traceback says why it died; asyncio's "Task was destroyed"
+        # chatter at exit does not.
+        starts = [i for i, l in enumerate(text) if l.startswith("Traceback")]
+        if starts:
+            tb = text[starts[-1]:]
+            exc = next((l for l in tb[1:] if not l.startswith(" ")), "")
+            where = [l.strip() for l in tb if l.strip().startswith("File ")][-1:]
+            return " | ".join(where + [exc])
+        return " | ".join(text[-lines:])
 
     @property
     def pid(self):

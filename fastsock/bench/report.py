@@ -176,6 +176,17 @@ def verdict(rows, skipped):
                 text += f"; C limit {cb['model']} {fmt_num(cb[metric], d)}"
         if best.get("generator_bound"):
             text += "; the generator was the bottleneck for the leader"
+        if c and not cb.get("generator_bound") and (
+                best[metric] < cb[metric] if lower else best[metric] > cb[metric] * 1.05):
+            text += " [a Python model beat the C limit: too noisy to rank]"
+        cpu = sorted((r for r in rs if r.get("cpu_us_per_req")
+                      and r["workload"] in ("pingpong", "churn")),
+                     key=lambda r: r["cpu_us_per_req"])
+        if cpu:
+            # Server CPU time per request barely moves when other processes
+            # steal CPU, unlike req/s: on a busy host, trust this ranking.
+            text += "; server CPU us/req: " + ", ".join(
+                f"{r['model']} {r['cpu_us_per_req']:.2f}" for r in cpu)
         lines.append(text)
         if rs[0]["workload"] == "pingpong":
             for r in py:
