@@ -67,6 +67,12 @@ def main():
                     print(f"{model:8} {transport:4} skipped: {exc}")
                     continue
                 try:
+                    # A new server is slow for up to a second (stock asyncio
+                    # ran 6x slower at first): warm it before either client.
+                    subprocess.run([str(loadgen), "--addr", srv.addr, "--conns", "50",
+                                    "--size", str(args.size), "--warmup", "0",
+                                    "--duration", "1.5"], capture_output=True,
+                                   check=True, preexec_fn=pinned(gen_cpu))
                     for conns in [int(c) for c in args.conns.split(",")]:
                         ours, theirs = [], []
                         for _ in range(args.reps):
