@@ -72,18 +72,21 @@ cdef class EpollDriver(Driver):
     cdef int close(self) except -1:
         if self.closed:
             return 0
+        # Zero-copy sends not reported yet: reset those streams so the
+        # kernel lets go of the pages now; whatever it still holds after
+        # that keeps its objects forever rather than risk the kernel
+        # reading freed memory.
+        for ep in list(self.zc_waiting) + list(self.endpoints.values()):
+            if (<Endpoint>ep).zc_hold:
+                self.reset_stream(ep)
+                self.read_zc_notices(ep)
+                if (<Endpoint>ep).zc_hold:
+                    _kept_for_kernel.append(ep)
         self.closed = True
         for fd in (self.epfd, self.wakefd, self.reserve_fd):
             if fd >= 0:
                 close(fd)
         self.epfd = self.wakefd = self.reserve_fd = -1
-        # Zero-copy sends never reported: the kernel may still read those
-        # pages, so their objects must never be freed.
-        for ep in self.zc_waiting:
-            _kept_for_kernel.append(ep)
-        for ep in self.endpoints.values():
-            if (<Endpoint>ep).zc_hold:
-                _kept_for_kernel.append(ep)
         self.zc_waiting.clear()
         self.endpoints.clear()
         self.pending.clear()

@@ -308,6 +308,11 @@ cdef class BaseTransport(Endpoint):
         return self.loop.driver.release(self)
 
     cdef int on_released(self) except -1:
+        if self.loop.closed:
+            # Released while its loop closes (zero-copy notices came late):
+            # no callbacks run any more, but the fd is ours to close.
+            self.sock.close()
+            return 0
         self.loop.soon(self._call_connection_lost, (self.lost_exc,), None)
         self.lost_exc = None
         return 0
@@ -689,7 +694,7 @@ cdef class StreamTransport(BaseTransport):
         exc = errno_error(err)
         self.fail_files(exc)
         self.fatal_error(exc, 'Fatal write error on socket transport')
-        if self.empty_waiter is not None:
+        if self.empty_waiter is not None and not self.empty_waiter.done():
             self.empty_waiter.set_exception(exc)
         return 0
 
@@ -706,7 +711,9 @@ cdef class StreamTransport(BaseTransport):
         return 0
 
     cdef int on_released(self) except -1:
+        # Nothing in the kernel reads these any more.
         self.held = None
+        self.send_refs = None
         return BaseTransport.on_released(self)
 
     def can_write_eof(self):
@@ -938,7 +945,7 @@ cdef class FileSender(Endpoint):
         return self.loop.driver.release(self)
 
     cdef int on_released(self) except -1:
-        if self.seg.done.done():
+        if self.seg.done.done() or self.loop.closed:
             return 0
         if self.error is not None:
             self.seg.done.set_exception(self.error)

@@ -244,7 +244,10 @@ cdef class UringDriver(Driver):
         if self.ring_ok:
             busy = self.inflight_endpoints()
             for ep in busy:
-                ep.flags |= EP_RELEASING
+                if not ep.flags & EP_RELEASING:
+                    # Still open: its owner keeps the fd (as with asyncio,
+                    # until it is closed or collected); no on_released().
+                    ep.flags |= EP_RELEASING | EP_RELEASED
             if busy and not self.enabled:
                 # Never ran: the SQEs were never submitted and die with the
                 # ring; drop the references they hold.
@@ -255,6 +258,8 @@ cdef class UringDriver(Driver):
             elif busy:
                 try:
                     for ep in busy:
+                        if ep.zc_pending:
+                            self.reset_stream(ep)   # zero-copy notices now
                         self.prep_cancel_fd(ep)
                     self.submit()
                     for _ in range(200):
@@ -589,9 +594,8 @@ cdef class UringDriver(Driver):
         self.stash.pop(ep, None)
         if self.endpoints.get(ep.fd) is ep:
             del self.endpoints[ep.fd]
-        if self.closed:
-            return 0            # the ring is gone, and nothing is in flight
-        if ep.inflight == 0:
+        if ep.inflight == 0 or self.closed:
+            # (closed: the ring is gone, nothing is in flight any more)
             self.forget(ep)
             ep.flags |= EP_RELEASED
             return ep.on_released()
@@ -767,8 +771,7 @@ cdef class UringDriver(Driver):
                     and not ep.flags & EP_RELEASED):
                 ep.flags |= EP_RELEASED
                 self.forget(ep)
-                if not self.closed:
-                    ep.on_released()
+                ep.on_released()
         finally:
             Py_DECREF(owner)
         return 0
