@@ -7,8 +7,6 @@
 import asyncio
 import collections
 
-from fastsock.eventloop import Loop
-
 __all__ = ["new_event_loop", "run", "EventLoopPolicy", "backends",
            "BackendInfo", "Loop"]
 __version__ = "0.1.0"
@@ -32,6 +30,10 @@ def _driver_factory(name):
 
 def _availability(name):
     if name == "epoll":
+        try:
+            from fastsock import epoll      # noqa: F401
+        except ImportError as exc:
+            return BackendInfo(False, f"fastsock is not built: {exc}")
         return BackendInfo(True, "")
     try:
         from fastsock import uring
@@ -65,8 +67,18 @@ def _resolve(backend):
 def new_event_loop(backend="auto"):
     """A new asyncio event loop on `backend`: "epoll", "uring" or "auto"
     (io_uring where it works, else epoll)."""
+    from fastsock.eventloop import Loop
     name = _resolve(backend)
     return Loop(_driver_factory(name), name)
+
+
+def __getattr__(name):
+    # The compiled modules load on first use, so `python -m fastsock` can
+    # still explain itself (and bench the other models) without them.
+    if name == "Loop":
+        from fastsock.eventloop import Loop
+        return Loop
+    raise AttributeError(f"module 'fastsock' has no attribute {name!r}")
 
 
 def run(main, *, backend="auto", debug=None):
