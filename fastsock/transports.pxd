@@ -69,6 +69,7 @@ cdef class StreamTransport(BaseTransport):
         list held                   # an aborted backlog the kernel may read
         bint eof                    # write_eof() called
         bint buffered               # protocol is a BufferedProtocol
+        object data_received        # the protocol's bound method
         bytes stash                 # read but not delivered (paused)
         object empty_waiter
         Py_ssize_t zc_threshold     # bytes writes this large go zero-copy

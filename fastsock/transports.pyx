@@ -401,6 +401,9 @@ cdef class StreamTransport(BaseTransport):
     def set_protocol(self, protocol):
         self.buffered = isinstance(protocol, BufferedProtocol)
         self.protocol = protocol
+        # looked up once, not per chunk
+        self.data_received = (None if self.buffered
+                              else getattr(protocol, "data_received", None))
 
     # -- reading ---------------------------------------------------------------
 
@@ -409,7 +412,7 @@ cdef class StreamTransport(BaseTransport):
             return self.feed_buffered(buf, n)
         data = PyBytes_FromStringAndSize(buf, n)
         try:
-            self.protocol.data_received(data)
+            self.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -497,8 +500,8 @@ cdef class StreamTransport(BaseTransport):
     def write(self, data):
         cdef Py_buffer view
         cdef Py_ssize_t sent
-        if type(data) is not bytes and not isinstance(
-                data, (bytes, bytearray, memoryview)):
+        cdef bint is_bytes = type(data) is bytes
+        if not is_bytes and not isinstance(data, (bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
         if self.eof:
@@ -515,23 +518,31 @@ cdef class StreamTransport(BaseTransport):
         if self.wbuf or self.zc_eligible(data):
             # A backlog is being sent (keep order), or this goes zero-copy.
             self.queue(data, 0)
-            self.loop.driver.flush(self)
+            if not self.flags & EP_SENDING:
+                self.loop.driver.flush(self)
             return self.maybe_pause_protocol()
-        try:
-            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        except BufferError:
-            data = memoryview(data).tobytes()     # not contiguous
-            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            sent = self.loop.driver.send_now(self, <const char *>view.buf,
-                                             view.len)
-            if sent == view.len:
+        # The common case: nothing queued, so try the kernel right away.
+        if is_bytes:
+            sent = self.loop.driver.send_now(self, PyBytes_AS_STRING(data),
+                                             PyBytes_GET_SIZE(data))
+            if sent == PyBytes_GET_SIZE(data):
                 return
-            if sent < 0:
-                return self.fatal_error(errno_error(-sent),
-                                        'Fatal write error on socket transport')
-        finally:
-            PyBuffer_Release(&view)
+        else:
+            try:
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            except BufferError:
+                data = memoryview(data).tobytes()     # not contiguous
+                PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                sent = self.loop.driver.send_now(self, <const char *>view.buf,
+                                                 view.len)
+                if sent == view.len:
+                    return
+            finally:
+                PyBuffer_Release(&view)
+        if sent < 0:
+            return self.fatal_error(errno_error(-sent),
+                                    'Fatal write error on socket transport')
         self.queue(data, sent)
         self.loop.driver.flush(self)
         self.maybe_pause_protocol()
