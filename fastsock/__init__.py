@@ -83,6 +83,10 @@ def __getattr__(name):
 
 def run(main, *, backend="auto", debug=None):
     """Run a coroutine like asyncio.run(), on a fastsock loop."""
+    if asyncio.events._get_running_loop() is not None:
+        # Checked before a loop exists, as asyncio.run() does.
+        raise RuntimeError(
+            "fastsock.run() cannot be called from a running event loop")
     with asyncio.Runner(debug=debug,
                         loop_factory=lambda: new_event_loop(backend)) as r:
         return r.run(main)

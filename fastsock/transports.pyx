@@ -1033,10 +1033,14 @@ cdef class Listener(Endpoint):
             raise
         except BaseException as exc:
             conn.close()
-            self.loop.call_exception_handler({
-                'message': 'Error on transport creation for incoming connection',
-                'exception': exc,
-            })
+            # asyncio reports this only in debug mode; the connection is
+            # dropped either way.
+            if self.loop.debug:
+                self.loop.call_exception_handler({
+                    'message': 'Error on transport creation for incoming '
+                               'connection',
+                    'exception': exc,
+                })
         return 0
 
     cdef int on_accept_error(self, int err) except -1:
