@@ -27,7 +27,7 @@ cdef class UringDriver(Driver):
         io_uring ring
         bint ring_ok
         bint enabled                # R_DISABLED ring enabled by its thread
-        bint direct_send            # write() tries send(2) before an SQE
+        Py_ssize_t direct_send_min  # write()s this large try send(2) first
         bint has_send_zc            # IORING_OP_SENDMSG_ZC is there
         dict pipes                  # Endpoint -> SplicePipe
         unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
@@ -53,7 +53,7 @@ cdef class UringDriver(Driver):
     @staticmethod
     cdef UringDriver new(object loop, unsigned int entries,
                          unsigned int cq_entries, unsigned int buf_count,
-                         unsigned int buf_size, bint direct_send)
+                         unsigned int buf_size, Py_ssize_t direct_send_min)
 
     cdef int setup_ring(self, unsigned int entries,
                         unsigned int cq_entries) except -1

@@ -88,6 +88,7 @@ cdef enum:
     DEFAULT_CQ_ENTRIES = 16384
     DEFAULT_BUF_COUNT = 512
     DEFAULT_BUF_SIZE = 32 * 1024
+    DEFAULT_DIRECT_SEND_MIN = 64 * 1024     # asyncio's default high water
     DGRAM_BUF_SIZE = 256 * 1024        # asyncio reads datagrams this large
     BUF_GROUP = 0
     REAP_ROUNDS = 8
@@ -126,9 +127,9 @@ cdef class UringDriver(Driver):
     @staticmethod
     cdef UringDriver new(object loop, unsigned int entries,
                          unsigned int cq_entries, unsigned int buf_count,
-                         unsigned int buf_size, bint direct_send):
+                         unsigned int buf_size, Py_ssize_t direct_send_min):
         cdef UringDriver self = UringDriver.__new__(UringDriver)
-        self.direct_send = direct_send
+        self.direct_send_min = direct_send_min
         self.name = "uring"
         self.loop = loop
         self.endpoints = {}
@@ -465,10 +466,11 @@ cdef class UringDriver(Driver):
         return 0
 
     cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n):
-        # Measured (README, "direct send"): a send(2) right away beats a
-        # SENDMSG SQE for the small writes of request/response traffic; the
-        # SQE path takes over once a backlog exists.
-        if self.direct_send:
+        # Measured (README, "direct send"): small writes do better as SQEs,
+        # gathered per iteration and sent with the next submit, than as a
+        # send(2) each; large ones try send(2) first, so that a write below
+        # the high-water mark never pauses the protocol on its own.
+        if n >= self.direct_send_min:
             return Driver.send_now(self, ep, buf, n)
         return 0
 
@@ -971,16 +973,17 @@ def new_driver(loop, *, unsigned int entries=DEFAULT_ENTRIES,
                unsigned int cq_entries=DEFAULT_CQ_ENTRIES,
                unsigned int buf_count=DEFAULT_BUF_COUNT,
                unsigned int buf_size=DEFAULT_BUF_SIZE,
-               bint direct_send=True):
+               Py_ssize_t direct_send_min=DEFAULT_DIRECT_SEND_MIN):
     """The io_uring driver for `loop` (a fastsock CoreLoop).
 
     entries/cq_entries size the rings; buf_count (a power of two) buffers of
     buf_size bytes form the provided-buffer ring every recv shares;
-    direct_send=False sends every write as an SQE (for measurement)."""
+    writes of at least direct_send_min bytes try send(2) before an SQE
+    (0: every write; a huge value: none)."""
     if buf_count == 0 or buf_count & (buf_count - 1) or buf_count > 32768:
         raise ValueError("buf_count must be a power of two up to 32768")
     return UringDriver.new(loop, entries, cq_entries, buf_count, buf_size,
-                           direct_send)
+                           direct_send_min)
 
 
 cdef extern from *:
@@ -1076,7 +1079,7 @@ def probe():
     }
     disabled = _io_uring_disabled_sysctl()
     try:
-        drv = UringDriver.new(None, 8, 64, 8, 4096, True)
+        drv = UringDriver.new(None, 8, 64, 8, 4096, 0)
     except OSError as exc:
         if exc.errno == EPERM:
             why = "io_uring_setup() was refused with EPERM"
