@@ -16,6 +16,7 @@ Exit status: 0 if every test that ran passed.
 
 import argparse
 import asyncio
+import faulthandler
 import importlib
 import signal
 import sys
@@ -64,9 +65,13 @@ class TimeLimit:
 
         old = signal.signal(signal.SIGALRM, expired)
         signal.setitimer(signal.ITIMER_REAL, self.time_limit)
+        # Backstop for a wait that never runs Python signal handlers (a
+        # driver stuck in the kernel): dump every thread's stack and exit.
+        faulthandler.dump_traceback_later(self.time_limit + 30, exit=True)
         try:
             return super().run(result)
         finally:
+            faulthandler.cancel_dump_traceback_later()
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
 
