@@ -120,6 +120,7 @@ cdef class Driver:
     cdef int close(self) except -1
 
     cdef int add(self, Endpoint ep) except -1
+    cdef int register(self, Endpoint ep) except -1     # add()'s kernel part
     cdef int start_reading(self, Endpoint ep) except -1
     cdef int stop_reading(self, Endpoint ep) except -1
     # Send at once if the kernel takes it: bytes sent, 0 if it would block,

@@ -2,6 +2,7 @@
 """The driver contract: see driver.pxd."""
 
 from libc.string cimport memset
+from fastsock.driver cimport EP_ADDED
 from fastsock.system cimport (send, connect, errno, EAGAIN, EINTR,
                               MSG_NOSIGNAL, MSG_DONTWAIT, AF_UNSPEC)
 
@@ -67,7 +68,19 @@ cdef class Driver:
         return 0
 
     cdef int add(self, Endpoint ep) except -1:
-        raise NotImplementedError  # abstract
+        # One owner per fd: the loop never feeds two endpoints from one fd.
+        if ep.flags & EP_ADDED:
+            return 0
+        if ep.fd in self.endpoints:
+            raise RuntimeError(f"fd {ep.fd} is already used by the loop")
+        self.register(ep)
+        self.endpoints[ep.fd] = ep
+        ep.driver = self
+        ep.flags |= EP_ADDED
+        return 0
+
+    cdef int register(self, Endpoint ep) except -1:
+        return 0            # drivers that tell the kernel up front override it
 
     cdef int start_reading(self, Endpoint ep) except -1:
         raise NotImplementedError  # abstract

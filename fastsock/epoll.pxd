@@ -20,6 +20,7 @@ cdef class EpollDriver(Driver):
     cdef EpollDriver new(object loop)
 
     cdef int ctl(self, int op, Endpoint ep, unsigned int events) except -1
+    cdef int register(self, Endpoint ep) except -1
     cdef int set_out(self, Endpoint ep, bint on) except -1
     cdef int handle(self, Endpoint ep, unsigned int ev) except -1
     cdef int read_stream(self, Endpoint ep, bint drain) except -1

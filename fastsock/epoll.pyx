@@ -113,23 +113,15 @@ cdef class EpollDriver(Driver):
         ep.armed = events
         return 0
 
-    cdef int add(self, Endpoint ep) except -1:
+    cdef int register(self, Endpoint ep) except -1:
         cdef unsigned int events
-        if ep.flags & EP_ADDED:
-            return 0
-        if ep.fd in self.endpoints:
-            raise RuntimeError(f"fd {ep.fd} is already used by the loop")
         if ep.kind == KIND_WATCHER:
             events = 0                      # watch() sets interest
         elif ep.kind == KIND_LISTENER:
             events = EPOLLIN | EPOLLET
         else:
             events = STREAM_EVENTS
-        self.ctl(EPOLL_CTL_ADD, ep, events)
-        self.endpoints[ep.fd] = ep
-        ep.driver = self
-        ep.flags |= EP_ADDED
-        return 0
+        return self.ctl(EPOLL_CTL_ADD, ep, events)
 
     cdef int start_reading(self, Endpoint ep) except -1:
         if ep.flags & (EP_READING | EP_RELEASING):

@@ -377,16 +377,6 @@ cdef class UringDriver(Driver):
 
     # -- the contract -------------------------------------------------------------
 
-    cdef int add(self, Endpoint ep) except -1:
-        if ep.flags & EP_ADDED:
-            return 0
-        if ep.fd in self.endpoints:
-            raise RuntimeError(f"fd {ep.fd} is already used by the loop")
-        self.endpoints[ep.fd] = ep
-        ep.driver = self
-        ep.flags |= EP_ADDED
-        return 0
-
     cdef int start_reading(self, Endpoint ep) except -1:
         if ep.flags & (EP_READING | EP_RELEASING):
             return 0
