@@ -28,6 +28,7 @@ import socket
 import threading
 
 from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.exc cimport PyErr_CheckSignals
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from libc.stdint cimport uint32_t, uint64_t, uintptr_t
@@ -622,7 +623,11 @@ cdef class UringDriver(Driver):
             with nogil:
                 ret = io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1,
                                                        &ts, NULL)
-        if ret < 0 and ret not in (-ETIME, -EINTR, -EBUSY, -EAGAIN):
+        if ret == -EINTR:
+            # Run Python signal handlers now (PEP 475): a KeyboardInterrupt
+            # must not wait for the next completion.
+            PyErr_CheckSignals()
+        elif ret < 0 and ret not in (-ETIME, -EBUSY, -EAGAIN):
             raise OSError(-ret, f"io_uring_enter failed: {os.strerror(-ret)}")
         self.reap()
         if self.pending:
