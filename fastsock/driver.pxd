@@ -20,7 +20,7 @@ cdef enum:
     KIND_LISTENER = 3
     KIND_WATCHER = 4
     # iovecs a single gathered send may carry
-    SEND_IOV_MAX = 64
+    SEND_IOV_MAX = 16
 
 cdef enum:
     # Endpoint.flags, kept by the driver
