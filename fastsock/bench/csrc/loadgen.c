@@ -1,8 +1,20 @@
 /*
  * loadgen: the native load generator behind `fastsock bench`.
  *
- * One thread, one epoll instance, no Python anywhere in the loop, so that the
- * generator is cheaper per request than any Python server it measures.
+ * One thread, no Python anywhere in the loop, so that the generator is
+ * cheaper per request than any server it measures.  Two engines:
+ *
+ *   uring  (pingpong only; the default where io_uring works) one ring, every
+ *          send an SQE, a multishot recv per connection into a provided
+ *          buffer ring, one io_uring_enter per batch of completions.  The
+ *          socket work stays in the kernel either way; what goes is the
+ *          per-request epoll_wait/send/recv syscall overhead, which is what
+ *          made the epoll engine cost as much CPU as a C echo server.
+ *   epoll  every mode; readiness plus send/recv syscalls.  Used where the
+ *          uring engine is not built (no liburing at build time), not
+ *          allowed (old kernel, sandbox) or not implemented (other modes).
+ *
+ * `--engine auto|uring|epoll` picks one; the JSON says which ran ("engine").
  *
  * Every byte the generator sends comes from a fixed pseudo-random pattern,
  * indexed by the position in the connection's byte stream (offset by the
@@ -25,6 +37,8 @@
  *   pattern   write `size` bytes of the pattern to --file and exit.
  *
  * Addresses: tcp:HOST:PORT, unix:/path, unix:@abstract-name.
+ * Build: -DHAVE_LIBURING and liburing for the uring engine; without it
+ * only the epoll engine is compiled in.
  * Output: one JSON object on stdout.
  */
 #define _GNU_SOURCE
@@ -45,6 +59,10 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef HAVE_LIBURING
+#include <liburing.h>
+#include <sys/mman.h>
+#endif
 
 #define PATLEN 65521u            /* prime: no message size divides it */
 #define RBUF (256 * 1024)
@@ -53,6 +71,7 @@
 
 enum mode { PINGPONG, STREAM, CHURN, RECV, HOLD, PATTERN };
 enum cstate { C_IDLE, C_CONNECTING, C_OPEN };
+enum engine { E_AUTO, E_URING, E_EPOLL };
 
 struct conn {
     int fd;
@@ -63,6 +82,7 @@ struct conn {
     uint64_t tx, tx_goal, rx;    /* stream positions */
     uint64_t started;            /* churn/recv: connect time, ns */
     uint64_t *sent_at;           /* pingpong: send time per in-flight msg */
+    size_t send_len;             /* uring: bytes of the send SQE in flight */
 };
 
 static struct {
@@ -74,7 +94,8 @@ static struct {
     socklen_t addrlen;
     int tcp;
     const char *file;
-} opt = {PINGPONG, 50, 1, 0, 1, 64, 0, 0.5, 2.0, {0}, 0, 0, NULL};
+    enum engine engine;
+} opt = {PINGPONG, 50, 1, 0, 1, 64, 0, 0.5, 2.0, {0}, 0, 0, NULL, E_AUTO};
 
 static unsigned char *pat;       /* PATLEN + RBUF bytes, so any slice is flat */
 static unsigned char rbuf[RBUF];
@@ -287,6 +308,14 @@ static void conn_reset_stream(struct conn *c)
 
 static void conn_start_connect(struct conn *c);
 
+/* A send or recv failed: the connection is gone (both engines). */
+static void count_reset(struct conn *c, int sending, long err)
+{
+    e_reset++;
+    note_error(sending ? "conn %d: send failed, errno %ld"
+                       : "conn %d: recv failed, errno %ld", c->idx, err);
+}
+
 /* Write as much of [tx, tx_goal) as the socket takes. Returns -1 on error. */
 static int conn_flush(struct conn *c)
 {
@@ -304,8 +333,7 @@ static int conn_flush(struct conn *c)
             }
             if (errno == EINTR)
                 continue;
-            e_reset++;
-            note_error("conn %d: send failed, errno %ld", c->idx, errno);
+            count_reset(c, 1, errno);
             return -1;
         }
         c->tx += (uint64_t)w;
@@ -401,32 +429,44 @@ static void verify(struct conn *c, const unsigned char *buf, size_t n)
     }
 }
 
-static void on_bytes(struct conn *c, size_t n)
+/* Pingpong: the messages completed by the bytes up to c->rx (rx was
+ * `before`) each free a pipeline slot; its replacement is due at once. */
+static void pingpong_account(struct conn *c, uint64_t before)
 {
-    uint64_t t = 0;
-    verify(c, rbuf, n);
+    uint64_t done_before = before / opt.size, done_now = c->rx / opt.size;
+    if (done_now == done_before)
+        return;
+    uint64_t t = now_ns();
+    for (uint64_t m = done_before; m < done_now; m++) {
+        record_latency(t - c->sent_at[m % opt.pipeline]);
+        if (measuring)
+            n_req++;
+        c->sent_at[m % opt.pipeline] = t;
+        c->tx_goal += opt.size;
+    }
+}
+
+/* n bytes arrived in buf (either engine): check them, advance the stream
+ * and, for pingpong, account completed messages.  Sending is the caller's. */
+static void take_bytes(struct conn *c, const unsigned char *buf, size_t n)
+{
+    verify(c, buf, n);
     uint64_t before = c->rx;
     c->rx += n;
     if (measuring)
         n_bytes += n;
+    if (opt.mode == PINGPONG)
+        pingpong_account(c, before);
+}
 
+static void on_bytes(struct conn *c, size_t n)
+{
+    take_bytes(c, rbuf, n);
     switch (opt.mode) {
-    case PINGPONG: {
-        /* Messages completed by this read: each frees one pipeline slot. */
-        uint64_t done_before = before / opt.size, done_now = c->rx / opt.size;
-        if (done_now > done_before)
-            t = now_ns();
-        for (uint64_t m = done_before; m < done_now; m++) {
-            record_latency(t - c->sent_at[m % opt.pipeline]);
-            if (measuring)
-                n_req++;
-            c->sent_at[m % opt.pipeline] = t;
-            c->tx_goal += opt.size;
-        }
+    case PINGPONG:
         if (c->tx_goal > c->tx && conn_flush(c) < 0)
             conn_recycle(c);
         break;
-    }
     case STREAM:
         stream_refill(c);
         if (!c->want_out && conn_flush(c) < 0)
@@ -445,7 +485,8 @@ static void on_bytes(struct conn *c, size_t n)
     }
 }
 
-static void on_eof(struct conn *c)
+/* The server closed the stream: the end of a recv file, else an error. */
+static void count_eof(struct conn *c)
 {
     if (opt.mode == RECV) {
         if (c->rx == opt.size) {
@@ -462,7 +503,6 @@ static void on_eof(struct conn *c)
         note_error("conn %d: server closed the connection after %ld bytes",
                    c->idx, (long)c->rx);
     }
-    conn_recycle(c);
 }
 
 static void on_event(struct conn *c, uint32_t ev)
@@ -502,15 +542,15 @@ static void on_event(struct conn *c, uint32_t ev)
                 continue;
             }
             if (r == 0) {
-                on_eof(c);
+                count_eof(c);
+                conn_recycle(c);
                 return;
             }
             if (errno == EAGAIN)
                 return;
             if (errno == EINTR)
                 continue;
-            e_reset++;
-            note_error("conn %d: recv failed, errno %ld", c->idx, errno);
+            count_reset(c, 0, errno);
             conn_recycle(c);
             return;
         }
@@ -651,38 +691,376 @@ static int run_pattern(void)
     return 0;
 }
 
-static int run_load(void)
+/* ---- timed window and report (both engines) ---------------------------- */
+
+/* Warm-up until t_measure, counters on until t_end.  Server and own CPU are
+ * read at both edges, so CPU and counts cover the same span. */
+static struct {
+    uint64_t t_measure, t_end, started_at, stopped_at;
+    double srv_cpu0, srv_cpu1, self_cpu0, self_cpu1;
+} win;
+
+static void window_init(void)
+{
+    win.t_measure = now_ns() + (uint64_t)(opt.warmup * 1e9);
+    win.t_end = win.t_measure + (uint64_t)(opt.duration * 1e9);
+}
+
+/* Opens and closes the window as time passes; 1 once it has closed. */
+static int window_tick(uint64_t t)
+{
+    if (!measuring && !win.started_at && t >= win.t_measure) {
+        measuring = 1;
+        win.started_at = t;
+        win.srv_cpu0 = proc_cpu_seconds(opt.server_pid);
+        win.self_cpu0 = self_cpu_seconds();
+    }
+    if (measuring && t >= win.t_end) {
+        measuring = 0;
+        win.stopped_at = t;
+        win.srv_cpu1 = proc_cpu_seconds(opt.server_pid);
+        win.self_cpu1 = self_cpu_seconds();
+        return 1;
+    }
+    return 0;
+}
+
+/* The next edge of the window, for the engines' wait timeouts. */
+static uint64_t window_next(void)
+{
+    return win.started_at ? win.t_end : win.t_measure;
+}
+
+static void print_report(const char *engine)
+{
+    double secs = (double)(win.stopped_at - win.started_at) / 1e9;
+    double self_cpu = win.self_cpu1 - win.self_cpu0;
+    double srv_cpu = (win.srv_cpu0 >= 0 && win.srv_cpu1 >= 0)
+                     ? win.srv_cpu1 - win.srv_cpu0 : -1;
+    uint64_t hn = 0;
+    for (int i = 0; i < HBUCKETS; i++)
+        hn += hist[i];
+
+    static const char *names[] = {"pingpong", "stream", "churn", "recv", "hold", "pattern"};
+    printf("{\"mode\": \"%s\", \"engine\": \"%s\", \"conns\": %d, \"size\": %zu, "
+           "\"pipeline\": %d, \"requests\": %llu, \"bytes\": %llu, "
+           "\"seconds\": %.6f, \"rps\": %.1f, \"mib_s\": %.3f, ",
+           names[opt.mode], engine, opt.conns, opt.size, opt.pipeline,
+           (unsigned long long)n_req, (unsigned long long)n_bytes, secs,
+           n_req / secs, n_bytes / secs / 1048576.0);
+    if (hn)
+        printf("\"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
+               "\"mean_us\": %.2f, \"max_us\": %.2f, ",
+               percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
+               lat_sum_ns / 1000.0 / hn, lat_max_ns / 1000.0);
+    else
+        printf("\"p50_us\": null, \"p99_us\": null, \"p999_us\": null, "
+               "\"mean_us\": null, \"max_us\": null, ");
+    if (srv_cpu >= 0)
+        printf("\"server_cpu_s\": %.3f, ", srv_cpu);
+    else
+        printf("\"server_cpu_s\": null, ");
+    printf("\"client_cpu_s\": %.3f, ", self_cpu);
+    print_errors_json();
+    printf("}\n");
+}
+
+/* Pingpong and stream connections are opened before the clock starts, in
+ * blocking mode (simple, and the accept queue cannot overflow), then
+ * switched to non-blocking: the epoll engine needs EAGAIN, and io_uring
+ * tries a non-blocking attempt first anyway. */
+static int open_long_lived(void)
+{
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &conns[i];
+        if (connect_blocking(c) < 0) {
+            fprintf(stderr, "loadgen: %s\n", first_error);
+            return -1;
+        }
+        int fl = fcntl(c->fd, F_GETFL);
+        fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
+        c->state = C_OPEN;
+        conn_reset_stream(c);
+    }
+    return 0;
+}
+
+/* What a long-lived connection owes the server at the start. */
+static void prime_conn(struct conn *c, uint64_t t)
+{
+    if (opt.mode == PINGPONG) {
+        for (int k = 0; k < opt.pipeline; k++)
+            c->sent_at[k] = t;
+        c->tx_goal = (uint64_t)opt.pipeline * opt.size;
+    } else {
+        stream_refill(c);
+    }
+}
+
+/* ---- io_uring engine (pingpong) ----------------------------------------- */
+
+#ifdef HAVE_LIBURING
+#define BGID 0
+enum { OP_RECV = 1, OP_SEND = 2, OP_TIMER = 3 };
+
+static struct io_uring ring;
+static struct io_uring_buf_ring *br;
+static unsigned char *ubufs;
+static unsigned nbufs, bufsz;
+static int quiet_sends;                  /* sends post a CQE only on failure */
+
+static unsigned pow2_at_least(size_t v, unsigned lo, unsigned hi)
+{
+    unsigned p = lo;
+    while (p < v && p < hi)
+        p <<= 1;
+    return p;
+}
+
+/* Ring and provided buffers, or -1 with the reason in `why` (the caller
+ * falls back to epoll).  liburing 2.3 has no io_uring_setup_buf_ring(), so
+ * the buffer ring is mmap'ed and registered here. */
+static int uring_setup(char *why, size_t whylen)
+{
+    /* One recv and one send per connection can be queued in a batch; a
+     * full SQ is flushed early (sqe_get), so this only bounds batch size. */
+    unsigned sq = pow2_at_least((size_t)opt.conns * 2 + 1, 64, 4096);
+    /* Multishot recv posts as many CQEs as the data arrives in; a CQ that
+     * overflows stops it (re-armed, but each stop costs a round trip). */
+    unsigned cq = pow2_at_least((size_t)opt.conns * 8, 4096, 65536);
+    /* Newest flags first; older kernels reject them with EINVAL.
+     * DEFER_TASKRUN runs completions only inside io_uring_enter, in one
+     * batch, instead of interrupting the generator per packet. */
+    unsigned tries[] = {
+        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+        IORING_SETUP_COOP_TASKRUN, 0};
+    int rc = -EINVAL;
+    for (unsigned i = 0; i < sizeof tries / sizeof tries[0]; i++) {
+        struct io_uring_params p = {
+            .flags = tries[i] | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
+            .cq_entries = cq};
+        rc = io_uring_queue_init_params(sq, &ring, &p);
+        quiet_sends = opt.pipeline == 1 && (p.features & IORING_FEAT_CQE_SKIP);
+        if (rc != -EINVAL)
+            break;
+    }
+    if (rc < 0) {
+        snprintf(why, whylen, "io_uring_queue_init: %s", strerror(-rc));
+        return -1;
+    }
+    /* Every buffer is returned as soon as it is checked, so the pool only
+     * has to cover what one batch of CQEs holds: about one per connection
+     * and message in flight.  Small buffers sized to that stay in cache. */
+    nbufs = pow2_at_least((size_t)opt.conns * opt.pipeline * 2, 64, 4096);
+    bufsz = pow2_at_least(opt.size * opt.pipeline, 4096, 65536);
+    size_t ring_bytes = nbufs * sizeof(struct io_uring_buf);
+    br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE,
+              MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    ubufs = malloc((size_t)nbufs * bufsz);
+    if (br == MAP_FAILED || !ubufs)
+        die("buffer ring");
+    struct io_uring_buf_reg reg = {
+        .ring_addr = (uintptr_t)br, .ring_entries = nbufs, .bgid = BGID};
+    rc = io_uring_register_buf_ring(&ring, &reg, 0);
+    if (rc < 0) {
+        snprintf(why, whylen, "io_uring_register_buf_ring (kernel 5.19+): %s",
+                 strerror(-rc));
+        io_uring_queue_exit(&ring);
+        munmap(br, ring_bytes);
+        free(ubufs);
+        return -1;
+    }
+    io_uring_buf_ring_init(br);
+    for (unsigned i = 0; i < nbufs; i++)
+        io_uring_buf_ring_add(br, ubufs + (size_t)i * bufsz, bufsz, i,
+                              io_uring_buf_ring_mask(nbufs), i);
+    io_uring_buf_ring_advance(br, nbufs);
+    return 0;
+}
+
+static struct io_uring_sqe *sqe_get(void)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+    if (!sqe) {                          /* SQ full: push it out and retry */
+        io_uring_submit(&ring);
+        sqe = io_uring_get_sqe(&ring);
+    }
+    return sqe;
+}
+
+/* user_data: connection index and operation; conns[] never moves, and a
+ * closed connection's late CQEs are recognised by its state. */
+static uint64_t ud(const struct conn *c, int op)
+{
+    return ((uint64_t)(c ? c->idx : 0) << 2) | (uint64_t)op;
+}
+
+static void uring_arm_recv(struct conn *c)
+{
+    struct io_uring_sqe *sqe = sqe_get();
+    io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+    sqe->flags |= IOSQE_BUFFER_SELECT;
+    sqe->buf_group = BGID;
+    io_uring_sqe_set_data64(sqe, ud(c, OP_RECV));
+}
+
+/* Queue [tx, tx_goal) as one send.  One send in flight per connection: two
+ * sends on a stream socket can complete out of order when the first has to
+ * wait for space.  The bytes come straight from the pattern, which never
+ * changes or moves, so the buffer outlives every SQE that points into it.
+ *
+ * With one message in flight (pipeline 1) the send posts no CQE unless it
+ * fails: MSG_WAITALL makes the kernel finish a short send itself, and the
+ * next send is only due once the whole message has come back, which proves
+ * this one is done.  That halves the CQEs and spares the extra wake-up they
+ * cause.  Deeper pipelines send again before that, so they need the CQE. */
+static void uring_send(struct conn *c)
+{
+    if (c->send_len && quiet_sends && c->rx >= c->tx)
+        c->send_len = 0;                 /* echoed, hence sent */
+    if (c->send_len || c->tx >= c->tx_goal)
+        return;
+    size_t n = c->tx_goal - c->tx;
+    if (n > RBUF)
+        n = RBUF;                        /* pat is flat for RBUF bytes */
+    struct io_uring_sqe *sqe = sqe_get();
+    io_uring_prep_send(sqe, c->fd, pat_at(c->base + c->tx), n,
+                       MSG_NOSIGNAL | (quiet_sends ? MSG_WAITALL : 0));
+    if (quiet_sends)
+        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    io_uring_sqe_set_data64(sqe, ud(c, OP_SEND));
+    c->send_len = n;
+    /* tx counts bytes handed to the kernel, so verify() never sees an echo
+     * of bytes it has not accounted as sent; a short send gives some back. */
+    c->tx += n;
+}
+
+/* Wake the loop at `at` even if no socket does (server stalled, every
+ * connection closed).  The kernel copies the timespec during submission. */
+static void uring_timer(uint64_t at)
+{
+    static struct __kernel_timespec ts;
+    ts.tv_sec = (long long)(at / 1000000000u);
+    ts.tv_nsec = (long long)(at % 1000000000u);
+    struct io_uring_sqe *sqe = sqe_get();
+    io_uring_prep_timeout(sqe, &ts, 0, IORING_TIMEOUT_ABS);
+    io_uring_sqe_set_data64(sqe, ud(NULL, OP_TIMER));
+    io_uring_submit(&ring);
+}
+
+/* A broken connection is closed, not replaced: a replacement would start a
+ * new stream with nothing in flight, as in the epoll engine.  shutdown()
+ * ends the multishot recv (its last CQE is ignored); close() alone would
+ * not, since the ring holds its own reference to the socket. */
+static void uring_close(struct conn *c)
+{
+    shutdown(c->fd, SHUT_RDWR);
+    close(c->fd);
+    c->fd = -1;
+    c->state = C_IDLE;
+}
+
+static void uring_on_recv(struct conn *c, int res, unsigned flags)
+{
+    if (res > 0 && (flags & IORING_CQE_F_BUFFER)) {
+        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        if (c->state == C_OPEN)
+            take_bytes(c, ubufs + (size_t)bid * bufsz, (size_t)res);
+        /* Checked: the kernel may fill it again right away. */
+        io_uring_buf_ring_add(br, ubufs + (size_t)bid * bufsz, bufsz, bid,
+                              io_uring_buf_ring_mask(nbufs), 0);
+        io_uring_buf_ring_advance(br, 1);
+        if (c->state == C_OPEN)
+            uring_send(c);
+    }
+    if ((flags & IORING_CQE_F_MORE) || c->state != C_OPEN)
+        return;
+    /* The multishot recv has ended.  Out of buffers (they are back in the
+     * ring by now: every earlier CQE has been handled) or a full CQ stop it
+     * with the socket still fine: re-arm. */
+    if (res > 0 || res == -ENOBUFS) {
+        uring_arm_recv(c);
+    } else if (res == 0) {
+        count_eof(c);
+        uring_close(c);
+    } else {
+        count_reset(c, 0, -res);
+        uring_close(c);
+    }
+}
+
+static void uring_on_send(struct conn *c, int res)
+{
+    size_t len = c->send_len;
+    c->send_len = 0;
+    if (c->state != C_OPEN)
+        return;
+    if (res <= 0) {                      /* 0 for a non-empty send: no progress */
+        count_reset(c, 1, -res);
+        uring_close(c);
+        return;
+    }
+    c->tx -= len - (size_t)res;          /* short send: resend the rest */
+    uring_send(c);
+}
+
+static void run_uring(void)
+{
+    uint64_t t = now_ns();
+    for (int i = 0; i < opt.conns; i++) {
+        struct conn *c = &conns[i];
+        prime_conn(c, t);
+        uring_arm_recv(c);               /* before the send: catch the echo */
+        uring_send(c);
+    }
+    window_init();
+    uring_timer(window_next());
+    for (;;) {
+        uint64_t edge = window_next();
+        if (window_tick(now_ns()))
+            break;
+        if (window_next() != edge)
+            uring_timer(window_next());
+        /* One syscall: this batch's sends and re-arms go in, and it returns
+         * with at least one completion (or the timer). */
+        int rc = io_uring_submit_and_wait(&ring, 1);
+        if (rc < 0 && rc != -EINTR && rc != -EBUSY && rc != -ETIME) {
+            errno = -rc;
+            die("io_uring_submit_and_wait");
+        }
+        struct io_uring_cqe *cqe;
+        unsigned head, seen = 0;
+        io_uring_for_each_cqe(&ring, head, cqe) {
+            seen++;
+            uint64_t u = cqe->user_data;
+            struct conn *c = &conns[u >> 2];
+            switch (u & 3) {
+            case OP_RECV: uring_on_recv(c, cqe->res, cqe->flags); break;
+            case OP_SEND: uring_on_send(c, cqe->res); break;
+            default:      break;         /* timer: the clock is read above */
+            }
+        }
+        io_uring_cq_advance(&ring, seen);
+    }
+}
+#endif /* HAVE_LIBURING */
+
+/* ---- epoll engine (every mode) ------------------------------------------ */
+
+static int run_epoll(void)
 {
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         die("epoll_create1");
 
-    /* Long-lived connections are opened before the clock starts. */
     if (opt.mode == PINGPONG || opt.mode == STREAM) {
-        for (int i = 0; i < opt.conns; i++) {
-            struct conn *c = &conns[i];
-            if (connect_blocking(c) < 0) {
-                fprintf(stderr, "loadgen: %s\n", first_error);
-                return 3;
-            }
-            int fl = fcntl(c->fd, F_GETFL);
-            fcntl(c->fd, F_SETFL, fl | O_NONBLOCK);
-            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
-            if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
-                die("epoll_ctl add");
-            c->state = C_OPEN;
-            conn_reset_stream(c);
-        }
         uint64_t t = now_ns();
         for (int i = 0; i < opt.conns; i++) {
             struct conn *c = &conns[i];
-            if (opt.mode == PINGPONG) {
-                for (int k = 0; k < opt.pipeline; k++)
-                    c->sent_at[k] = t;
-                c->tx_goal = (uint64_t)opt.pipeline * opt.size;
-            } else {
-                stream_refill(c);
-            }
+            struct epoll_event ev = {.events = EPOLLIN, .data.ptr = c};
+            if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0)
+                die("epoll_ctl add");
+            prime_conn(c, t);
             if (conn_flush(c) < 0)
                 return 3;
         }
@@ -691,29 +1069,15 @@ static int run_load(void)
             conn_start_connect(&conns[i]);
     }
 
-    uint64_t t0 = now_ns();
-    uint64_t t_measure = t0 + (uint64_t)(opt.warmup * 1e9);
-    uint64_t t_end = t_measure + (uint64_t)(opt.duration * 1e9);
-    double srv_cpu0 = -1, self_cpu0 = 0;
-    uint64_t started_at = 0, stopped_at = 0;
+    window_init();
     int nev_max = opt.conns < 1024 ? opt.conns : 1024;
     struct epoll_event *evs = calloc(nev_max, sizeof *evs);
 
     for (;;) {
         uint64_t t = now_ns();
-        if (!measuring && !started_at && t >= t_measure) {
-            measuring = 1;
-            started_at = t;
-            srv_cpu0 = proc_cpu_seconds(opt.server_pid);
-            self_cpu0 = self_cpu_seconds();
-        }
-        if (measuring && t >= t_end) {
-            measuring = 0;
-            stopped_at = t;
+        if (window_tick(t))
             break;
-        }
-        uint64_t next = started_at ? t_end : t_measure;
-        int timeout_ms = (int)((next - t) / 1000000u) + 1;
+        int timeout_ms = (int)((window_next() - t) / 1000000u) + 1;
         /* Churn/recv slots that failed to connect are retried every 1 ms. */
         int idle = 0;
         if (opt.mode == CHURN || opt.mode == RECV) {
@@ -733,37 +1097,43 @@ static int run_load(void)
         for (int i = 0; i < n; i++)
             on_event(evs[i].data.ptr, evs[i].events);
     }
+    return 0;
+}
 
-    double secs = (double)(stopped_at - started_at) / 1e9;
-    double srv_cpu1 = proc_cpu_seconds(opt.server_pid);
-    double self_cpu = self_cpu_seconds() - self_cpu0;
-    double srv_cpu = (srv_cpu0 >= 0 && srv_cpu1 >= 0) ? srv_cpu1 - srv_cpu0 : -1;
-    uint64_t hn = 0;
-    for (int i = 0; i < HBUCKETS; i++)
-        hn += hist[i];
-
-    static const char *names[] = {"pingpong", "stream", "churn", "recv", "hold", "pattern"};
-    printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %zu, \"pipeline\": %d, "
-           "\"requests\": %llu, \"bytes\": %llu, \"seconds\": %.6f, "
-           "\"rps\": %.1f, \"mib_s\": %.3f, ",
-           names[opt.mode], opt.conns, opt.size, opt.pipeline,
-           (unsigned long long)n_req, (unsigned long long)n_bytes, secs,
-           n_req / secs, n_bytes / secs / 1048576.0);
-    if (hn)
-        printf("\"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
-               "\"mean_us\": %.2f, \"max_us\": %.2f, ",
-               percentile_us(0.50), percentile_us(0.99), percentile_us(0.999),
-               lat_sum_ns / 1000.0 / hn, lat_max_ns / 1000.0);
+static int run_load(void)
+{
+    enum engine eng = E_EPOLL;
+#ifdef HAVE_LIBURING
+    if (opt.engine != E_EPOLL && opt.mode == PINGPONG) {
+        char why[200];
+        if (uring_setup(why, sizeof why) == 0)
+            eng = E_URING;
+        else if (opt.engine == E_URING) {
+            fprintf(stderr, "loadgen: --engine uring: %s\n", why);
+            return 2;
+        } else {
+            fprintf(stderr, "loadgen: io_uring unavailable (%s), using epoll\n", why);
+        }
+    }
+#endif
+    if (opt.engine == E_URING && eng != E_URING) {
+        fprintf(stderr, "loadgen: --engine uring: %s\n",
+                opt.mode != PINGPONG ? "only the pingpong mode has it"
+                                     : "built without liburing");
+        return 2;
+    }
+    if ((opt.mode == PINGPONG || opt.mode == STREAM) && open_long_lived() < 0)
+        return 3;
+    int rc = 0;
+#ifdef HAVE_LIBURING
+    if (eng == E_URING)
+        run_uring();
     else
-        printf("\"p50_us\": null, \"p99_us\": null, \"p999_us\": null, "
-               "\"mean_us\": null, \"max_us\": null, ");
-    if (srv_cpu >= 0)
-        printf("\"server_cpu_s\": %.3f, ", srv_cpu);
-    else
-        printf("\"server_cpu_s\": null, ");
-    printf("\"client_cpu_s\": %.3f, ", self_cpu);
-    print_errors_json();
-    printf("}\n");
+#endif
+        rc = run_epoll();
+    if (rc != 0)
+        return rc;
+    print_report(eng == E_URING ? "uring" : "epoll");
     return 0;
 }
 
@@ -773,7 +1143,8 @@ static void usage(void)
             "usage: loadgen --addr tcp:HOST:PORT|unix:PATH|unix:@NAME\n"
             "  [--mode pingpong|stream|churn|recv|hold|pattern] [--conns N]\n"
             "  [--size BYTES] [--pipeline N] [--window BYTES] [--warmup S]\n"
-            "  [--duration S] [--server-pid PID] [--no-linger0] [--file F]\n");
+            "  [--duration S] [--server-pid PID] [--no-linger0] [--file F]\n"
+            "  [--engine auto|uring|epoll]\n");
     exit(2);
 }
 
@@ -784,7 +1155,7 @@ int main(int argc, char **argv)
         {"size", 1, 0, 's'}, {"pipeline", 1, 0, 'p'}, {"window", 1, 0, 'W'},
         {"warmup", 1, 0, 'w'}, {"duration", 1, 0, 'd'},
         {"server-pid", 1, 0, 'P'}, {"no-linger0", 0, 0, 'L'},
-        {"file", 1, 0, 'f'}, {0, 0, 0, 0}};
+        {"file", 1, 0, 'f'}, {"engine", 1, 0, 'e'}, {0, 0, 0, 0}};
     const char *addr = NULL, *mode = "pingpong";
     int ch;
     while ((ch = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -800,6 +1171,16 @@ int main(int argc, char **argv)
         case 'P': opt.server_pid = atoi(optarg); break;
         case 'L': opt.linger0 = 0; break;
         case 'f': opt.file = optarg; break;
+        case 'e':
+            if (!strcmp(optarg, "auto"))
+                opt.engine = E_AUTO;
+            else if (!strcmp(optarg, "uring"))
+                opt.engine = E_URING;
+            else if (!strcmp(optarg, "epoll"))
+                opt.engine = E_EPOLL;
+            else
+                usage();
+            break;
         default: usage();
         }
     }
