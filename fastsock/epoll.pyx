@@ -143,6 +143,8 @@ cdef class EpollDriver(Driver):
 
     cdef int set_out(self, Endpoint ep, bint on) except -1:
         cdef unsigned int events = ep.armed
+        if ep.flags & EP_RELEASING:
+            return 0            # no longer registered: never re-add it
         if on:
             events |= EPOLLOUT
         else:
@@ -190,6 +192,8 @@ cdef class EpollDriver(Driver):
                 n = sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
             if n >= 0:
                 ep.on_sent(n)
+                if ep.flags & EP_RELEASING:
+                    return 0    # the owner let go (a finished sock_sendfile)
                 continue
             if errno == EINTR:
                 continue
