@@ -1010,6 +1010,13 @@ cdef class Listener(Endpoint):
         return self
 
     def stop(self):
+        # Stop listening now: Server.close() promises refused connections
+        # at once, while io_uring closes the fd only after the cancelled
+        # accept's CQE.
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.loop.driver.release(self)
 
     cdef int on_accept(self, int fd) except -1:

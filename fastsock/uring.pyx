@@ -596,6 +596,12 @@ cdef class UringDriver(Driver):
         # last CQE (finish_op). Zero-copy notices wait for the peer's ack:
         # after an abort, reset the stream so they come now.
         self.releasing.add(ep)
+        if ep.kind == KIND_WATCHER:
+            # add_reader() users may close the fd as soon as remove_reader()
+            # returns, before this cancel is submitted: match the poll by
+            # its user_data, not by an fd number that may be gone (or
+            # reused). Until then the poll's file reference keeps the file.
+            return self.cancel_op(ep, OP_POLL)
         if ep.zc_pending and ep.flags & EP_ABORTIVE:
             self.reset_stream(ep)
         return self.prep_cancel_fd(ep)
