@@ -1,8 +1,10 @@
 /*
  * loadgen: the native load generator behind `fastsock bench`.
  *
- * One thread, no Python anywhere in the loop, so that the generator is
- * cheaper per request than any server it measures.  Two engines:
+ * One thread, no Python anywhere in the loop.  The aim is a generator that
+ * is cheaper per request than the servers it measures; against the C echo
+ * servers the floor is parity, since per message both sides do the same
+ * kernel socket work (one send, one receive).  Two engines:
  *
  *   uring  (pingpong only; the default where io_uring works) one ring, every
  *          send an SQE, a multishot recv per connection into a provided
