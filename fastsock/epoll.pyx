@@ -209,6 +209,11 @@ cdef class EpollDriver(Driver):
         # in ep.zc_hold. Each successful call gets the next sequence number.
         cdef int one = 1
         cdef Py_ssize_t n
+        if ep.zc_pending >= 2:
+            # A writer that never yields to the loop would never see the
+            # notices (EPOLLERR): look now, so that "the kernel copied
+            # anyway" (loopback) turns zero copy off after a send or two.
+            self.read_zc_notices(ep)
         if not ep.flags & EP_ZC_READY:
             if setsockopt(ep.fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0:
                 ep.on_zc_report(True)       # not on this socket: copy
