@@ -111,6 +111,9 @@ cdef class Driver:
         object loop             # the loop whose callbacks the events run
         object pending_exc      # first exception raised by an on_* call
         readonly dict endpoints # fd -> Endpoint added: keeps them alive
+        # loop-wide counters (each Endpoint keeps its own as well)
+        readonly unsigned long long zc_sends, zc_bytes, zc_copied
+        readonly unsigned long long sendfile_bytes
         bint closed
 
     # Wait for events up to timeout_ms (-1: no limit) and dispatch them.

@@ -186,6 +186,7 @@ cdef class EpollDriver(Driver):
                              min(ep.file_count, <size_t>SENDFILE_MAX))
                 if n > 0:
                     ep.sendfile_bytes += n
+                    self.sendfile_bytes += n
             elif ep.send_mode == SEND_ZEROCOPY:
                 n = self.send_zerocopy(ep)
             else:
@@ -229,6 +230,8 @@ cdef class EpollDriver(Driver):
             ep.inflight += 1
             ep.zc_sends += 1
             ep.zc_bytes += n
+            self.zc_sends += 1
+            self.zc_bytes += n
         elif errno == ENOBUFS:
             # Out of optmem for pinned pages: this and later sends copy.
             ep.on_zc_report(True)
@@ -281,6 +284,7 @@ cdef class EpollDriver(Driver):
             count += 1
         if copied:
             ep.zc_copied += count
+            self.zc_copied += count
         ep.on_zc_report(copied)
         return 0
 

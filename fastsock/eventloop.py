@@ -50,6 +50,15 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         """The driver in use: "epoll" or "uring"."""
         return self._backend
 
+    def zerocopy_stats(self):
+        """Loop-wide counters: zero-copy sends and their bytes, sends the
+        kernel copied anyway, bytes sent by loop.sendfile()/sock_sendfile()
+        (transport.zerocopy_stats() has the same per transport)."""
+        d = self.driver
+        return {'zerocopy_sends': d.zc_sends, 'zerocopy_bytes': d.zc_bytes,
+                'zerocopy_copied': d.zc_copied,
+                'sendfile_bytes': d.sendfile_bytes}
+
     def __repr__(self):
         return (f'<{type(self).__name__} backend={self._backend} '
                 f'running={self.is_running()} closed={self.is_closed()} '

@@ -141,8 +141,7 @@ cdef class UringDriver(Driver):
         self.releasing = set()
         self.counters = dict.fromkeys((
             'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
-            'recv_cancels', 'send_eagain', 'accept_emfile', 'zerocopy_sends',
-            'zerocopy_copied', 'sendfile_bytes'), 0)
+            'recv_cancels', 'send_eagain', 'accept_emfile'), 0)
         self.wakefd = self.reserve_fd = -1
         self.buf_count = buf_count
         self.buf_size = buf_size
@@ -714,7 +713,7 @@ cdef class UringDriver(Driver):
                 copied = (<unsigned int>res & NOTIF_USAGE_ZC_COPIED) != 0
                 if copied:
                     ep.zc_copied += 1
-                    self.counters['zerocopy_copied'] += 1
+                    self.zc_copied += 1
                 if not ep.flags & EP_RELEASING:
                     ep.on_zc_report(copied)
                 return 0
@@ -724,7 +723,8 @@ cdef class UringDriver(Driver):
             if res >= 0:
                 ep.zc_sends += 1
                 ep.zc_bytes += res
-                self.counters['zerocopy_sends'] += 1
+                self.zc_sends += 1
+                self.zc_bytes += res
                 ep.on_sent(res)
                 return self.flush(ep)
             if res == -EAGAIN or res == -EINTR:
@@ -757,7 +757,7 @@ cdef class UringDriver(Driver):
             if res > 0:
                 pipe.pending -= res
                 ep.sendfile_bytes += res
-                self.counters['sendfile_bytes'] += res
+                self.sendfile_bytes += res
                 ep.on_sent(res)
                 return self.flush(ep)
             if res == 0 or res == -EAGAIN or res == -EINTR:

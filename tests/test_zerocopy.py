@@ -97,6 +97,9 @@ def test_zerocopy_used_then_dropped_on_loopback(fastsock_loop, run, kind):
             return tr.zerocopy_stats()
 
     stats = run(main(), timeout=30)
+    totals = loop.zerocopy_stats()
+    assert totals["zerocopy_sends"] == stats["zerocopy_sends"]
+    assert totals["zerocopy_copied"] == stats["zerocopy_copied"]
     if kind == "tcp":
         assert stats["zerocopy_sends"] >= 1
         assert stats["zerocopy_copied"] >= 1
@@ -245,6 +248,7 @@ def test_sendfile_counts_and_large_offsets(fastsock_loop, run, tmp_path, kind):
             return tr.zerocopy_stats()
 
     assert run(main(), timeout=60)["sendfile_bytes"] == MiB
+    assert loop.zerocopy_stats()["sendfile_bytes"] == MiB
 
 
 @pytest.mark.timeout(180)
