@@ -111,6 +111,7 @@ cdef class Driver:
         object loop             # the loop whose callbacks the events run
         object pending_exc      # first exception raised by an on_* call
         readonly dict endpoints # fd -> Endpoint added: keeps them alive
+        int reserve_fd          # spare fd given up to survive EMFILE
         # loop-wide counters (each Endpoint keeps its own as well)
         readonly unsigned long long zc_sends, zc_bytes, zc_copied
         readonly unsigned long long sendfile_bytes
@@ -137,6 +138,7 @@ cdef class Driver:
     cdef int release(self, Endpoint ep) except -1
 
     # Helpers for subclasses.
+    cdef bint accept_emfile(self, Endpoint ep) except -1
     cdef int reset_stream(self, Endpoint ep) except -1
     cdef int dispatch_error(self, object exc) except -1
     cdef int check_pending(self) except -1

@@ -2,9 +2,11 @@
 """The driver contract: see driver.pxd."""
 
 from libc.string cimport memset
-from fastsock.driver cimport EP_ADDED
-from fastsock.system cimport (send, connect, errno, EAGAIN, EINTR,
-                              MSG_NOSIGNAL, MSG_DONTWAIT, AF_UNSPEC)
+from fastsock.driver cimport EP_ADDED, EP_RELEASING
+from fastsock.system cimport (send, connect, accept4, close, open, errno,
+                              EAGAIN, EINTR, MSG_NOSIGNAL, MSG_DONTWAIT,
+                              AF_UNSPEC, SOCK_CLOEXEC, SOCK_NONBLOCK,
+                              O_RDONLY, O_CLOEXEC)
 
 
 cdef class Endpoint:
@@ -108,6 +110,26 @@ cdef class Driver:
 
     cdef int release(self, Endpoint ep) except -1:
         raise NotImplementedError  # abstract
+
+    cdef bint accept_emfile(self, Endpoint ep) except -1:
+        # Out of fds: the pending connection would wait in the backlog, and
+        # the next readiness (edge) or multishot accept would fail again at
+        # once. Give up the spare fd, accept the connection and drop it,
+        # take the spare back. True if a connection was dropped.
+        cdef int fd = -1
+        if self.reserve_fd >= 0:
+            close(self.reserve_fd)
+            fd = accept4(ep.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)
+            if fd >= 0:
+                close(fd)
+            self.reserve_fd = open(b"/dev/null", O_RDONLY | O_CLOEXEC)
+        return fd >= 0
+
+    def _retry_accept(self, Endpoint ep):
+        # EMFILE and not even the spare fd helped: the driver stopped
+        # accepting and retries a second later (as asyncio does).
+        if not ep.flags & EP_RELEASING and not self.closed:
+            self.start_reading(ep)
 
     cdef int reset_stream(self, Endpoint ep) except -1:
         # An aborted stream with zero-copy sends the peer never acked: the

@@ -8,7 +8,6 @@ cdef class EpollDriver(Driver):
     cdef:
         int epfd
         int wakefd              # eventfd that call_soon_threadsafe writes
-        int reserve_fd          # spare fd given up to survive EMFILE
         list graveyard          # released during a batch: freed after it
         list pending            # endpoints owed another read/accept round
         set zc_waiting          # released, zero-copy notices still due
@@ -26,7 +25,6 @@ cdef class EpollDriver(Driver):
     cdef int read_stream(self, Endpoint ep, bint drain) except -1
     cdef int read_datagrams(self, Endpoint ep) except -1
     cdef int accept_all(self, Endpoint ep) except -1
-    cdef int accept_emfile(self, Endpoint ep) except -1
     cdef int run_pending(self) except -1
     cdef Py_ssize_t send_zerocopy(self, Endpoint ep) except -2
     cdef int read_zc_notices(self, Endpoint ep) except -1

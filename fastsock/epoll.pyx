@@ -486,24 +486,6 @@ cdef class EpollDriver(Driver):
                 return ep.on_accept_error(errno)
         return 0
 
-    cdef int accept_emfile(self, Endpoint ep) except -1:
-        # Out of fds: the pending connection would stay in the backlog and,
-        # edge-triggered, never be seen again. Give up the spare fd, accept
-        # the connection and drop it at once, take the spare back.
-        # Returns 1 if a connection was dropped.
-        cdef int fd = -1
-        if self.reserve_fd >= 0:
-            close(self.reserve_fd)
-            fd = accept4(ep.fd, NULL, NULL, SOCK_CLOEXEC)
-            if fd >= 0:
-                close(fd)
-            self.reserve_fd = open(b"/dev/null", O_RDONLY | O_CLOEXEC)
-        return fd >= 0
-
-    def _retry_accept(self, Endpoint ep):
-        if not ep.flags & EP_RELEASING and not self.closed:
-            self.start_reading(ep)
-
 
 def new_driver(loop):
     """The epoll driver for `loop` (a fastsock CoreLoop)."""

@@ -33,7 +33,6 @@ cdef class UringDriver(Driver):
         unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
         readonly unsigned int setup_flags
         int wakefd
-        int reserve_fd
         # the provided-buffer ring shared by every recv of this loop
         io_uring_buf_ring *br
         size_t br_bytes
@@ -89,4 +88,3 @@ cdef class UringDriver(Driver):
     cdef int give_back(self, unsigned int bid)
     cdef int keep(self, Endpoint ep, object chunk) except -1
     cdef int deliver_stash(self, Endpoint ep) except -1
-    cdef bint accept_emfile(self, Endpoint ep) except -1

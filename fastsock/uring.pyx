@@ -933,23 +933,6 @@ cdef class UringDriver(Driver):
             self.arm_accept(ep)
         return 0
 
-    cdef bint accept_emfile(self, Endpoint ep) except -1:
-        # Out of fds, the connection would wait in the backlog and the
-        # multishot accept fail again at once: give up the spare fd, accept
-        # and drop the connection, take the spare back.
-        cdef int fd = -1
-        if self.reserve_fd >= 0:
-            close(self.reserve_fd)
-            fd = accept4(ep.fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK)
-            if fd >= 0:
-                close(fd)
-            self.reserve_fd = open(b"/dev/null", O_RDONLY | O_CLOEXEC)
-        return fd >= 0
-
-    def _retry_accept(self, Endpoint ep):
-        if not ep.flags & EP_RELEASING and not self.closed:
-            self.start_reading(ep)
-
     cdef int poll_done(self, Endpoint ep, int res) except -1:
         ep.armed &= ~(ARM_POLL | ARM_POLL_CANCEL | ARM_POLL_IN | ARM_POLL_OUT)
         if ep.flags & EP_RELEASING:
