@@ -276,7 +276,14 @@ cdef class UringDriver(Driver):
             # Whatever still has operations in flight keeps the references
             # its SQEs took (never dropped now) and is remembered here: the
             # kernel may still touch its memory while the ring goes away.
-            _kept_for_kernel.extend(self.inflight_endpoints())
+            stuck = self.inflight_endpoints()
+            if stuck:
+                _kept_for_kernel.extend(stuck)
+                # A recv still in flight may yet pick a buffer from the ring
+                # and write into it while the kernel tears the ring down:
+                # the buffer memory is never given back either.
+                self.br = NULL
+                self.bufs = NULL
         self.free_ring()
         for fd in (self.wakefd, self.reserve_fd):
             if fd >= 0:
@@ -1036,6 +1043,23 @@ cdef object _check_multishot_recv(UringDriver drv):
                 io_uring_cq_advance(&drv.ring, 1)
                 break
             io_uring_cq_advance(&drv.ring, 1)
+        ended = not (flags & IORING_CQE_F_MORE)
+        if not ended:
+            # End the multishot (EOF from the closed peer) and collect its
+            # last CQE, so nothing is in flight when the ring and its
+            # buffers go away.
+            b.close()
+            for _ in range(100):
+                io_uring_submit_and_wait_timeout(&drv.ring, &cqe, 1, &ts, NULL)
+                while io_uring_peek_batch_cqe(&drv.ring, &cqe, 1) == 1:
+                    if cqe.user_data == 1 and not cqe.flags & IORING_CQE_F_MORE:
+                        ended = True
+                    io_uring_cq_advance(&drv.ring, 1)
+                if ended:
+                    break
+            if not ended:
+                drv.br = NULL       # never completed: never free its buffers
+                drv.bufs = NULL
         if res == 1 and flags & IORING_CQE_F_MORE:
             return ""
         if res < 0:
