@@ -770,6 +770,9 @@ cdef class StreamTransport(BaseTransport):
         (None: never). Mutable buffers are always copied by write()."""
         if threshold is None:
             self.zc_threshold = NO_ZEROCOPY
+        elif not isinstance(threshold, int):
+            raise TypeError(f"threshold must be an int or None, "
+                            f"not {type(threshold).__name__}")
         elif threshold < 0:
             raise ValueError("threshold must be >= 0 or None")
         else:
