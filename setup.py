@@ -10,7 +10,7 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ["handles", "driver", "epoll", "uring", "loop", "transports"]
+MODULES = ["handles", "sockaddr", "driver", "epoll", "uring", "loop", "transports"]
 
 
 def pkg_config(*args):

@@ -45,7 +45,45 @@ cdef enum:
                                # on epoll, splice through a pipe on io_uring
 
 
+cdef enum:
+    # Request.op
+    REQ_SEND = 1               # send(2) from buf
+    REQ_SENDMSG = 2            # sendmsg(2) of buf to name (a datagram)
+    REQ_RECV = 3               # recv(2) into buf
+    REQ_RECVMSG = 4            # recvmsg(2) into buf, sender in name
+    REQ_ACCEPT = 5             # accept4(2), peer in name
+    REQ_CONNECT = 6            # connect(2) to name
+
+
 cdef class Driver
+cdef class Endpoint
+
+
+cdef class Request:
+    # One socket operation that carries its own memory: a datagram a
+    # transport sends, or one sock_* call on io_uring. The kernel may read or
+    # write msg, iov, name and the buffer `view` points into until the
+    # operation completes; a driver that hands it to the kernel holds a
+    # reference to the Request until then.
+    cdef:
+        int fd
+        int op
+        Endpoint ep                 # the datagram transport, or None
+        object callback             # sock_* calls: callback(request, res)
+        Py_buffer view              # of buf: what is sent or received into
+        bint has_view
+        readonly object buf
+        msghdr msg
+        iovec iov
+        sockaddr_storage name
+        socklen_t namelen
+        readonly Py_ssize_t size
+        readonly int res
+        bint cancelled
+
+    @staticmethod
+    cdef Request new(int op, int fd, object buf, bint writable)
+    cdef int set_name(self, int family, object address) except -1
 
 
 cdef class Endpoint:
@@ -75,6 +113,10 @@ cdef class Endpoint:
         unsigned long long zc_bytes
         unsigned long long zc_copied
         unsigned long long sendfile_bytes
+        # Datagram sends (Requests) not finished yet, oldest first; the
+        # driver's. io_uring: how many of them are in the kernel.
+        object send_queue
+        int sends_inflight
 
     # Stream data. `buf` is valid only during the call: copy what you keep.
     cdef int on_data(self, const char *buf, Py_ssize_t n) except -1
@@ -96,6 +138,9 @@ cdef class Endpoint:
     # The kernel released a zero-copy send; `copied`: it copied anyway, or
     # zero copy is not possible on this socket (stop asking for it).
     cdef int on_zc_report(self, bint copied) except -1
+    # Datagrams: a Request given to Driver.send_datagram() is done: sent
+    # (err 0) or refused (errno). Not called once the endpoint is released.
+    cdef int on_datagram_sent(self, Request req, int err) except -1
     # Listener: a new connection (the callee owns fd), or an accept error.
     cdef int on_accept(self, int fd) except -1
     cdef int on_accept_error(self, int err) except -1
@@ -134,6 +179,9 @@ cdef class Driver:
     cdef int flush(self, Endpoint ep) except -1
     # Readiness interest for watchers and datagram backlogs (POLLIN|POLLOUT).
     cdef int watch(self, Endpoint ep, uint32_t events) except -1
+    # Send a datagram (REQ_SENDMSG, or REQ_SEND on a connected socket) after
+    # those queued before it; on_datagram_sent() follows, perhaps at once.
+    cdef int send_datagram(self, Endpoint ep, Request req) except -1
     # Forget the fd; on_released() follows once the kernel is done with it.
     cdef int release(self, Endpoint ep) except -1
 

@@ -1,12 +1,69 @@
 # cython: language_level=3
 """The driver contract: see driver.pxd."""
 
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
+                             PyBUF_SIMPLE, PyBUF_WRITABLE)
 from libc.string cimport memset
+from fastsock.sockaddr cimport sockaddr_to_py, py_to_sockaddr
 from fastsock.driver cimport EP_ADDED, EP_RELEASING
 from fastsock.system cimport (send, connect, accept4, close, open, errno,
                               EAGAIN, EINTR, MSG_NOSIGNAL, MSG_DONTWAIT,
                               AF_UNSPEC, SOCK_CLOEXEC, SOCK_NONBLOCK,
                               O_RDONLY, O_CLOEXEC)
+
+
+cdef class Request:
+    """One socket operation with its own memory (see driver.pxd)."""
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("Request objects are made by the loop")
+
+    @staticmethod
+    cdef Request new(int op, int fd, object buf, bint writable):
+        cdef Request self = Request.__new__(Request)
+        self.op = op
+        self.fd = fd
+        if buf is not None:
+            # The export pins the object's memory (a bytearray cannot be
+            # resized under the kernel) until the Request lets go.
+            PyObject_GetBuffer(buf, &self.view,
+                               PyBUF_WRITABLE if writable else PyBUF_SIMPLE)
+            self.has_view = True
+            self.buf = buf
+            self.size = self.view.len
+            self.iov.iov_base = self.view.buf
+            self.iov.iov_len = <size_t>self.view.len
+        self.msg.msg_iov = &self.iov
+        self.msg.msg_iovlen = 1
+        if op == REQ_RECVMSG or op == REQ_ACCEPT:
+            self.namelen = sizeof(self.name)
+            self.msg.msg_name = &self.name
+            self.msg.msg_namelen = self.namelen
+        return self
+
+    cdef int set_name(self, int family, object address) except -1:
+        # 0: a family sockaddr.pyx does not spell (use the socket object).
+        if not py_to_sockaddr(family, address, &self.name, &self.namelen):
+            return 0
+        self.msg.msg_name = &self.name
+        self.msg.msg_namelen = self.namelen
+        return 1
+
+    def address(self):
+        """The peer's address a RECVMSG or ACCEPT filled in."""
+        if self.op == REQ_RECVMSG:
+            return sockaddr_to_py(<sockaddr *>&self.name, self.msg.msg_namelen)
+        return sockaddr_to_py(<sockaddr *>&self.name, self.namelen)
+
+    def release_buffer(self):
+        # Once the kernel is done with it: the caller's object is free again.
+        if self.has_view:
+            self.has_view = False
+            PyBuffer_Release(&self.view)
+
+    def __dealloc__(self):
+        if self.has_view:
+            PyBuffer_Release(&self.view)
 
 
 cdef class Endpoint:
@@ -38,6 +95,9 @@ cdef class Endpoint:
         return 0
 
     cdef int on_zc_report(self, bint copied) except -1:
+        return 0
+
+    cdef int on_datagram_sent(self, Request req, int err) except -1:
         return 0
 
     cdef int on_accept(self, int fd) except -1:
@@ -106,6 +166,9 @@ cdef class Driver:
         raise NotImplementedError  # abstract
 
     cdef int watch(self, Endpoint ep, uint32_t events) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int send_datagram(self, Endpoint ep, Request req) except -1:
         raise NotImplementedError  # abstract
 
     cdef int release(self, Endpoint ep) except -1:

@@ -1,4 +1,4 @@
-from fastsock.driver cimport Driver, Endpoint
+from fastsock.driver cimport Driver, Endpoint, Request
 from fastsock.system cimport epoll_event
 
 cdef enum:
@@ -31,3 +31,4 @@ cdef class EpollDriver(Driver):
     cdef int release_zc(self, Endpoint ep, unsigned int lo, unsigned int hi, bint copied) except -1
     cdef int finish_release(self, Endpoint ep) except -1
     cdef int defer(self, Endpoint ep) except -1
+    cdef int flush_datagrams(self, Endpoint ep) except -1

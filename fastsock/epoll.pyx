@@ -167,8 +167,34 @@ cdef class EpollDriver(Driver):
             if want != ep.armed:
                 self.ctl(EPOLL_CTL_MOD, ep, want)
             return 0
-        # datagram backlog: writable interest only
-        return self.set_out(ep, (events & POLLOUT) != 0)
+        raise ValueError("watch() is for watchers")
+
+    cdef int send_datagram(self, Endpoint ep, Request req) except -1:
+        if ep.flags & EP_RELEASING:
+            return 0
+        if ep.send_queue is None:
+            ep.send_queue = collections.deque()
+        ep.send_queue.append(req)
+        if len(ep.send_queue) == 1:
+            return self.flush_datagrams(ep)
+        return 0                # EPOLLOUT is armed for the older ones
+
+    cdef int flush_datagrams(self, Endpoint ep) except -1:
+        # Oldest first, each as soon as the kernel takes it; EPOLLOUT only
+        # while some wait.
+        cdef Request req
+        cdef Py_ssize_t n
+        cdef object queue = ep.send_queue
+        while queue and not ep.flags & EP_RELEASING:
+            req = queue[0]
+            n = sendmsg(ep.fd, &req.msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if n < 0 and errno == EINTR:
+                continue
+            if n < 0 and errno == EAGAIN:
+                return self.set_out(ep, True)
+            queue.popleft()
+            ep.on_datagram_sent(req, 0 if n >= 0 else errno)
+        return self.set_out(ep, False)
 
     cdef int flush(self, Endpoint ep) except -1:
         cdef Py_ssize_t n
@@ -302,6 +328,7 @@ cdef class EpollDriver(Driver):
             return 0
         ep.flags |= EP_RELEASING
         ep.flags &= ~(EP_READING | EP_SENDING)
+        ep.send_queue = None
         if not ep.flags & EP_ADDED:
             ep.flags |= EP_RELEASED
             return ep.on_released()
@@ -403,7 +430,7 @@ cdef class EpollDriver(Driver):
                 self.accept_all(ep)
         elif kind == KIND_DATAGRAM:
             if ev & (EPOLLOUT | EPOLLERR) and ep.armed & EPOLLOUT:
-                ep.on_ready(POLLOUT)
+                self.flush_datagrams(ep)
             if ep.flags & EP_READING and not ep.flags & EP_PENDING:
                 self.read_datagrams(ep)
         else:

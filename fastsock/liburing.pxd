@@ -30,6 +30,7 @@ cdef extern from "<liburing.h>" nogil:
         IORING_CQE_BUFFER_SHIFT
 
         IOSQE_BUFFER_SELECT
+        IOSQE_IO_LINK
         IOSQE_CQE_SKIP_SUCCESS
 
         IORING_ASYNC_CANCEL_ALL
@@ -125,6 +126,15 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_sqe_set_data64(io_uring_sqe *sqe, uint64_t data)
     void io_uring_sqe_set_flags(io_uring_sqe *sqe, unsigned flags)
     void io_uring_prep_nop(io_uring_sqe *sqe)
+    unsigned io_uring_sq_space_left(const io_uring *ring)
+    void io_uring_prep_recv(io_uring_sqe *sqe, int fd, void *buf, size_t len,
+                            int flags)
+    void io_uring_prep_send(io_uring_sqe *sqe, int fd, const void *buf,
+                            size_t len, int flags)
+    void io_uring_prep_accept(io_uring_sqe *sqe, int fd, sockaddr *addr,
+                              socklen_t *addrlen, int flags)
+    void io_uring_prep_connect(io_uring_sqe *sqe, int fd, const sockaddr *addr,
+                               socklen_t addrlen)
     void io_uring_prep_recv_multishot(io_uring_sqe *sqe, int fd, void *buf,
                                       size_t len, int flags)
     void io_uring_prep_recvmsg(io_uring_sqe *sqe, int fd, msghdr *msg,

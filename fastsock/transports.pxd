@@ -90,14 +90,13 @@ cdef class StreamTransport(BaseTransport):
 cdef class DatagramTransport(BaseTransport):
     cdef:
         object address
-        object dbuf                 # deque of (bytes, addr)
-        Py_ssize_t dbuf_size
+        int family
+        Py_ssize_t dbuf_size        # bytes given to the driver, not yet sent
         bint connected
 
     @staticmethod
     cdef DatagramTransport new(CoreLoop loop, object sock, object protocol,
                                object address, object waiter, object extra)
-    cdef int send_backlog(self) except -1
 
 
 cdef class FileSender(Endpoint):

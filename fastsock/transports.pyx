@@ -26,65 +26,13 @@ from libc.stdint cimport uint32_t
 from fastsock.driver cimport *
 from fastsock.system cimport *
 from fastsock.loop cimport CoreLoop
+from fastsock.sockaddr cimport sockaddr_to_py
 
 logger = logging.getLogger('asyncio')
 
-cdef extern from "<arpa/inet.h>" nogil:
-    const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
-    unsigned short ntohs(unsigned short)
-    unsigned int ntohl(unsigned int)
-
-cdef extern from "<netinet/in.h>" nogil:
-    struct in_addr:
-        pass
-    struct in6_addr:
-        pass
-    struct sockaddr_in:
-        unsigned short sin_port
-        in_addr sin_addr
-    struct sockaddr_in6:
-        unsigned short sin6_port
-        unsigned int sin6_flowinfo
-        in6_addr sin6_addr
-        unsigned int sin6_scope_id
-
-cdef extern from "<sys/un.h>" nogil:
-    struct sockaddr_un:
-        char sun_path[108]
-
-cdef Py_ssize_t SUN_PATH_OFFSET = 2        # offsetof(sockaddr_un, sun_path)
 cdef object BufferedProtocol = protocols.BufferedProtocol
 cdef object TransportSocket = trsock.TransportSocket
 cdef object set_result_unless_cancelled = futures._set_result_unless_cancelled
-
-
-cdef object sockaddr_to_py(sockaddr *addr, socklen_t addrlen):
-    """The address as Python's socket module spells it."""
-    cdef char text[64]
-    cdef Py_ssize_t pathlen
-    cdef sockaddr_in *a4
-    cdef sockaddr_in6 *a6
-    cdef sockaddr_un *au
-    if addrlen == 0:
-        return None
-    if addr.sa_family == AF_INET:
-        a4 = <sockaddr_in *>addr
-        inet_ntop(AF_INET, &a4.sin_addr, text, sizeof(text))
-        return (text.decode(), ntohs(a4.sin_port))
-    if addr.sa_family == AF_INET6:
-        a6 = <sockaddr_in6 *>addr
-        inet_ntop(AF_INET6, &a6.sin6_addr, text, sizeof(text))
-        return (text.decode(), ntohs(a6.sin6_port),
-                ntohl(a6.sin6_flowinfo), a6.sin6_scope_id)
-    if addr.sa_family == AF_UNIX:
-        au = <sockaddr_un *>addr
-        pathlen = addrlen - SUN_PATH_OFFSET
-        if pathlen <= 0:
-            return ''                   # unnamed socket
-        if au.sun_path[0] == 0:
-            return au.sun_path[:pathlen]   # abstract name: bytes
-        return os.fsdecode(au.sun_path[:strlen(au.sun_path)])
-    return None
 
 
 cdef object errno_error(int err):
@@ -829,8 +777,8 @@ cdef class DatagramTransport(BaseTransport):
                                object address, object waiter, object extra):
         cdef DatagramTransport self = DatagramTransport.__new__(DatagramTransport)
         self.kind = KIND_DATAGRAM
-        self.dbuf = collections.deque()
         self.address = address
+        self.family = sock.family
         self.setup(loop, sock, protocol, extra, None)
         self.connected = bool(self.extra['peername'])
         self.start(waiter)
@@ -840,9 +788,8 @@ cdef class DatagramTransport(BaseTransport):
         return self.dbuf_size
 
     cdef int drop_backlog(self) except -1:
-        self.dbuf.clear()
+        # The driver drops its queue on release(); nothing is reported.
         self.dbuf_size = 0
-        self.loop.driver.watch(self, 0)
         return 0
 
     cdef int on_datagram(self, const char *buf, Py_ssize_t n,
@@ -863,6 +810,7 @@ cdef class DatagramTransport(BaseTransport):
         return 0
 
     def sendto(self, data, addr=None):
+        cdef Request req
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
@@ -873,20 +821,21 @@ cdef class DatagramTransport(BaseTransport):
                 raise ValueError(
                     f'Invalid address: must be None or {self.address}')
             addr = self.address
-        if self.conn_lost and self.address:
+        if self.conn_lost:
             if self.conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning('socket.send() raised exception.')
             self.conn_lost += 1
             return
-        if not self.dbuf:
+        # What the driver keeps must not change under it: bytes as they are,
+        # anything else copied (asyncio copies what it has to queue).
+        if type(data) is not bytes:
+            data = bytes(data)
+        req = Request.new(REQ_SENDMSG, self.fd, data, False)
+        req.ep = self
+        if not self.connected:
             try:
-                if self.connected:
-                    self.sock.send(data)
-                else:
-                    self.sock.sendto(data, addr)
-                return
-            except (BlockingIOError, InterruptedError):
-                self.loop.driver.watch(self, POLLOUT)
+                if not req.set_name(self.family, addr):
+                    return self.send_through_socket(data, addr)
             except OSError as exc:
                 self.protocol.error_received(exc)
                 return
@@ -895,41 +844,30 @@ cdef class DatagramTransport(BaseTransport):
             except BaseException as exc:
                 self.fatal_error(exc, 'Fatal write error on datagram transport')
                 return
-        # What we keep must not change under us.
-        self.dbuf.append((bytes(data), addr))
-        self.dbuf_size += len(data)
+        self.dbuf_size += req.size
+        self.loop.driver.send_datagram(self, req)
         self.maybe_pause_protocol()
 
-    cdef int on_ready(self, uint32_t revents) except -1:
-        return self.send_backlog()
+    def send_through_socket(self, data, addr):
+        # A family sockaddr.pyx does not spell (AF_PACKET, AF_NETLINK, ...):
+        # the socket object sends it; a full buffer is reported, not queued.
+        try:
+            self.sock.sendto(data, addr)
+        except OSError as exc:
+            self.protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self.fatal_error(exc, 'Fatal write error on datagram transport')
 
-    cdef int send_backlog(self) except -1:
-        while self.dbuf:
-            data, addr = self.dbuf.popleft()
-            self.dbuf_size -= len(data)
-            try:
-                if self.connected:
-                    self.sock.send(data)
-                else:
-                    self.sock.sendto(data, addr)
-            except (BlockingIOError, InterruptedError):
-                self.dbuf.appendleft((data, addr))     # later
-                self.dbuf_size += len(data)
-                break
-            except OSError as exc:
-                self.protocol.error_received(exc)
-                return 0
-            except (SystemExit, KeyboardInterrupt):
-                raise
-            except BaseException as exc:
-                self.fatal_error(exc, 'Fatal write error on datagram transport')
-                return 0
-        self.maybe_resume_protocol()    # may queue more
-        if not self.dbuf:
-            self.loop.driver.watch(self, 0)
-            if self.closing and not self.conn_lost:
-                self.conn_lost += 1
-                self.begin_release(None)
+    cdef int on_datagram_sent(self, Request req, int err) except -1:
+        self.dbuf_size -= req.size
+        if err:
+            self.protocol.error_received(errno_error(err))
+        self.maybe_resume_protocol()
+        if self.dbuf_size == 0 and self.closing and not self.conn_lost:
+            self.conn_lost += 1
+            self.begin_release(None)
         return 0
 
 

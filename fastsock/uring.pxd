@@ -1,5 +1,5 @@
 from libc.stdint cimport uint32_t, uint64_t
-from fastsock.driver cimport Driver, Endpoint
+from fastsock.driver cimport Driver, Endpoint, Request
 from fastsock.liburing cimport io_uring, io_uring_sqe, io_uring_buf_ring
 
 cdef enum:
@@ -44,6 +44,7 @@ cdef class UringDriver(Driver):
         list pending                # endpoints with stash to deliver
         dict dgram_bufs             # Endpoint -> bytearray for recvmsg
         set releasing               # released, CQEs still due
+        set requests                # sock_* Requests in the kernel
         readonly dict counters
         uint64_t cqe_ud[CQE_BATCH]
         int cqe_res[CQE_BATCH]
@@ -85,6 +86,9 @@ cdef class UringDriver(Driver):
     cdef int send_done(self, Endpoint ep, int res) except -1
     cdef int accept_done(self, Endpoint ep, int res, uint32_t flags) except -1
     cdef int poll_done(self, Endpoint ep, int res) except -1
+    cdef int submit_datagrams(self, Endpoint ep) except -1
+    cdef int datagram_done(self, Request req, int res) except -1
+    cdef int request_done(self, Request req, int res) except -1
     cdef int give_back(self, unsigned int bid)
     cdef int keep(self, Endpoint ep, object chunk) except -1
     cdef int deliver_stash(self, Endpoint ep) except -1

@@ -21,6 +21,7 @@
   last CQE is in.
 """
 
+import collections
 import fcntl
 import io
 import os
@@ -71,6 +72,7 @@ cdef enum:
     OP_SEND_ZC = 7      # user_data points at a ZcHold, not the endpoint
     OP_SPLICE_IN = 8    # file -> pipe
     OP_SPLICE_OUT = 9   # pipe -> socket
+    OP_REQUEST = 10     # user_data points at a Request (driver.pxd)
     OP_MASK = 15
 
 # Endpoint.armed bits: operations in flight, per kind.
@@ -83,6 +85,7 @@ cdef enum:
     ARM_POLL_CANCEL = 1 << 5
     ARM_POLL_IN = 1 << 6
     ARM_POLL_OUT = 1 << 7
+    ARM_SEND_BLOCKED = 1 << 8   # a datagram chain met a full socket buffer
 
 cdef enum:
     DEFAULT_ENTRIES = 1024
@@ -92,6 +95,7 @@ cdef enum:
     DEFAULT_DIRECT_SEND_MIN = 64 * 1024     # asyncio's default high water
     DGRAM_BUF_SIZE = 256 * 1024        # asyncio reads datagrams this large
     BUF_GROUP = 0
+    DGRAM_CHAIN_MAX = 64               # datagrams linked in one chain
     REAP_ROUNDS = 8
 
 cdef Py_ssize_t ADDR_SPACE = sizeof(sockaddr_storage)
@@ -123,6 +127,12 @@ cdef inline uint64_t tag(Endpoint ep, int op):
     return <uint64_t><uintptr_t><void *>ep | <uint64_t>op
 
 
+cdef inline uint64_t request_tag(Request req) except 0:
+    if <uintptr_t><void *>req & OP_MASK:
+        raise SystemError("request not 16-byte aligned")
+    return <uint64_t><uintptr_t><void *>req | OP_REQUEST
+
+
 cdef class UringDriver(Driver):
 
     @staticmethod
@@ -139,6 +149,7 @@ cdef class UringDriver(Driver):
         self.dgram_bufs = {}
         self.pipes = {}
         self.releasing = set()
+        self.requests = set()
         self.counters = dict.fromkeys((
             'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
             'recv_cancels', 'send_eagain', 'accept_emfile'), 0)
@@ -244,6 +255,8 @@ cdef class UringDriver(Driver):
         # and the transports keep owning their sockets, as in asyncio.
         if self.ring_ok:
             busy = self.inflight_endpoints()
+            if self.requests and not self.enabled:
+                self.requests.clear()       # never submitted
             for ep in busy:
                 if not ep.flags & EP_RELEASING:
                     # Still open: its owner keeps the fd (as with asyncio,
@@ -256,16 +269,18 @@ cdef class UringDriver(Driver):
                     while ep.inflight > 0:
                         ep.inflight -= 1
                         Py_DECREF(ep)
-            elif busy:
+            elif busy or self.requests:
                 try:
                     for ep in busy:
                         if ep.zc_pending:
                             self.reset_stream(ep)   # zero-copy notices now
                         self.prep_cancel_fd(ep)
+                    for req in list(self.requests):
+                        self.cancel_request(req)
                     self.submit()
                     for _ in range(200):
                         self.wait_some(10)
-                        if not self.inflight_endpoints():
+                        if not self.inflight_endpoints() and not self.requests:
                             break
                 except RuntimeError:
                     # Closed from a thread the ring does not accept: what is
@@ -277,8 +292,9 @@ cdef class UringDriver(Driver):
             # its SQEs took (never dropped now) and is remembered here: the
             # kernel may still touch its memory while the ring goes away.
             stuck = self.inflight_endpoints()
-            if stuck:
+            if stuck or self.requests:
                 _kept_for_kernel.extend(stuck)
+                _kept_for_kernel.extend(self.requests)
                 # A recv still in flight may yet pick a buffer from the ring
                 # and write into it while the kernel tears the ring down:
                 # the buffer memory is never given back either.
@@ -291,6 +307,7 @@ cdef class UringDriver(Driver):
         self.wakefd = self.reserve_fd = -1
         self.endpoints.clear()
         self.releasing.clear()
+        self.requests.clear()
         self.stash.clear()
         self.pending.clear()
         self.dgram_bufs.clear()
@@ -474,6 +491,8 @@ cdef class UringDriver(Driver):
     cdef int flush(self, Endpoint ep) except -1:
         cdef io_uring_sqe *sqe
         cdef SplicePipe pipe = None
+        if ep.kind == KIND_DATAGRAM:
+            return self.submit_datagrams(ep)
         if ep.flags & EP_RELEASING or ep.armed & ARM_SEND:
             return 0        # one send in flight per endpoint: its CQE goes on
         if self.pipes:
@@ -504,6 +523,131 @@ cdef class UringDriver(Driver):
             sqe = self.op_sqe(ep, OP_SEND)
             io_uring_prep_sendmsg(sqe, ep.fd, &ep.send_msg, MSG_NOSIGNAL)
         ep.armed |= ARM_SEND
+        return 0
+
+    cdef int send_datagram(self, Endpoint ep, Request req) except -1:
+        if ep.flags & EP_RELEASING:
+            return 0
+        if ep.send_queue is None:
+            ep.send_queue = collections.deque()
+        ep.send_queue.append(req)
+        return self.submit_datagrams(ep)
+
+    cdef int submit_datagrams(self, Endpoint ep) except -1:
+        # What is queued goes out as one chain of SENDMSGs linked with
+        # IOSQE_IO_LINK: the kernel sends them in order, and one that has to
+        # wait for buffer space holds back those after it rather than being
+        # overtaken (AF_UNIX datagrams arrive in order). The next chain
+        # starts when this one has completed; the queue keeps each Request
+        # until its CQE says it was sent.
+        cdef io_uring_sqe *sqe = NULL
+        cdef Request req
+        cdef unsigned int count = 0, most
+        if (ep.sends_inflight or ep.armed & ARM_SEND
+                or ep.flags & EP_RELEASING or not ep.send_queue):
+            return 0
+        if io_uring_sq_space_left(&self.ring) < 2:
+            self.submit()
+        # No submit may happen inside the chain: a link flag set on an SQE
+        # the kernel already took would mean nothing.
+        most = min(io_uring_sq_space_left(&self.ring), DGRAM_CHAIN_MAX)
+        for req in ep.send_queue:
+            if count == most:
+                break
+            if sqe != NULL:
+                sqe.flags |= IOSQE_IO_LINK
+            sqe = self.get_sqe()
+            # MSG_DONTWAIT: a full socket comes back as -EAGAIN and the
+            # datagram is sent again from the start after a POLLOUT wait.
+            # Left to retry by itself, the kernel (6.x) resends an AF_UNIX
+            # datagram from an iterator the failed try already consumed:
+            # an empty datagram arrives instead (tests/test_udp.py).
+            io_uring_prep_sendmsg(sqe, ep.fd, &req.msg,
+                                  MSG_NOSIGNAL | MSG_DONTWAIT)
+            io_uring_sqe_set_data64(sqe, request_tag(req))
+            Py_INCREF(req)
+            ep.inflight += 1
+            ep.sends_inflight += 1
+            count += 1
+        return 0
+
+    cdef int datagram_done(self, Request req, int res) except -1:
+        cdef Endpoint ep = req.ep
+        ep.sends_inflight -= 1
+        try:
+            if ep.flags & EP_RELEASING:
+                return 0
+            if res == -EAGAIN:
+                # The socket's buffer is full: this one and (cancelled) the
+                # rest of its chain stay queued until it is writable.
+                ep.armed |= ARM_SEND_BLOCKED
+                self.counters['send_eagain'] += 1
+            elif res != -ECANCELED and res != -EINTR:
+                # Sent, or refused (reported; the datagram is dropped, as a
+                # sendto() that raised would have it).
+                if ep.send_queue[0] is req:
+                    ep.send_queue.popleft()
+                else:
+                    ep.send_queue.remove(req)
+                ep.on_datagram_sent(req, -res if res < 0 else 0)
+            if ep.sends_inflight == 0 and not ep.flags & EP_RELEASING:
+                if ep.armed & ARM_SEND_BLOCKED:
+                    ep.armed &= ~ARM_SEND_BLOCKED
+                    return self.wait_writable(ep)
+                return self.submit_datagrams(ep)
+        finally:
+            self.finish_op(ep, req)
+        return 0
+
+    def submit_request(self, Request req not None, callback):
+        """Hand a sock_* operation to the kernel; callback(req, res) runs
+        when it completes (res: bytes, an fd, 0, or -errno)."""
+        cdef io_uring_sqe *sqe
+        cdef uint64_t ud = request_tag(req)
+        cdef int op = req.op
+        if req in self.requests:
+            raise RuntimeError("request already submitted")
+        sqe = self.get_sqe()
+        if op == REQ_RECV:
+            io_uring_prep_recv(sqe, req.fd, req.iov.iov_base, req.iov.iov_len, 0)
+        elif op == REQ_RECVMSG:
+            io_uring_prep_recvmsg(sqe, req.fd, &req.msg, 0)
+        elif op == REQ_SEND:
+            io_uring_prep_send(sqe, req.fd, req.iov.iov_base, req.iov.iov_len,
+                               MSG_NOSIGNAL)
+        elif op == REQ_SENDMSG:
+            io_uring_prep_sendmsg(sqe, req.fd, &req.msg, MSG_NOSIGNAL)
+        elif op == REQ_ACCEPT:
+            io_uring_prep_accept(sqe, req.fd, <sockaddr *>&req.name,
+                                 &req.namelen, SOCK_NONBLOCK | SOCK_CLOEXEC)
+        elif op == REQ_CONNECT:
+            io_uring_prep_connect(sqe, req.fd, <sockaddr *>&req.name,
+                                  req.namelen)
+        else:
+            io_uring_prep_nop(sqe)
+            raise ValueError(f"unknown request {op}")
+        io_uring_sqe_set_data64(sqe, ud)
+        req.callback = callback
+        self.requests.add(req)      # the reference the SQE holds
+
+    def cancel_request(self, Request req not None):
+        """Ask the kernel to stop `req`; its callback still runs, with
+        -ECANCELED, or with the result if it completed first."""
+        cdef io_uring_sqe *sqe
+        if req.cancelled or req not in self.requests:
+            return
+        req.cancelled = True
+        sqe = self.get_sqe()
+        io_uring_prep_cancel64(sqe, request_tag(req), 0)
+        io_uring_sqe_set_data64(sqe, OP_IGNORE)
+
+    cdef int request_done(self, Request req, int res) except -1:
+        req.res = res
+        req.release_buffer()        # the kernel is done with the memory
+        self.requests.discard(req)
+        if req.callback is not None:
+            callback, req.callback = req.callback, None
+            callback(req, res)
         return 0
 
     cdef SplicePipe new_pipe(self, Endpoint ep):
@@ -590,6 +734,7 @@ cdef class UringDriver(Driver):
             return 0
         ep.flags |= EP_RELEASING
         ep.flags &= ~(EP_READING | EP_SENDING)
+        ep.send_queue = None        # in-flight datagrams hold themselves
         self.stash.pop(ep, None)
         if self.endpoints.get(ep.fd) is ep:
             del self.endpoints[ep.fd]
@@ -688,6 +833,10 @@ cdef class UringDriver(Driver):
             return 0
         if op == OP_SEND_ZC:
             return self.send_zc_done(<ZcHold>ptr, res, flags)
+        if op == OP_REQUEST:
+            if (<Request>ptr).ep is not None:
+                return self.datagram_done(<Request>ptr, res)
+            return self.request_done(<Request>ptr, res)
         ep = <Endpoint>ptr
         try:
             if op == OP_RECV:

@@ -338,3 +338,148 @@ def test_unix_datagram_stale_path_replaced(loop, run, tmp_path):
             await close_tr(tr, proto)
 
     run(main())
+
+
+class PausingProto(DgramProto):
+    def __init__(self):
+        super().__init__()
+        self.paused = 0
+        self.resumed = 0
+
+    def pause_writing(self):
+        self.paused += 1
+
+    def resume_writing(self):
+        self.resumed += 1
+
+
+async def _recv_datagrams(loop, sock, n):
+    got = []
+    while len(got) < n:
+        got.append(await loop.sock_recv(sock, 65536))
+    return got
+
+
+def test_unix_datagram_backlog_in_order(loop, run):
+    """A receiver that does not read fills its queue: the sender's datagrams
+    wait in the transport (flow control says so) and then all arrive, in
+    order, once the receiver reads."""
+    name = abstract_name("backlog")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(name)
+    rx.setblocking(False)
+    n = 3000
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            PausingProto, remote_addr=name, family=socket.AF_UNIX)
+        try:
+            for i in range(n):
+                tr.sendto(b"%06d" % i + b"x" * 200)
+            await asyncio.sleep(0.05)
+            assert tr.get_write_buffer_size() > 0
+            assert proto.paused == 1
+            got = await _recv_datagrams(loop, rx, n)
+            assert got == [b"%06d" % i + b"x" * 200 for i in range(n)]
+            await proto.wait_for(lambda: proto.resumed)
+            assert tr.get_write_buffer_size() == 0
+            assert not proto.errors
+        finally:
+            await close_tr(tr, proto)
+
+    try:
+        run(main())
+    finally:
+        rx.close()
+
+
+def test_unix_datagram_close_sends_backlog_abort_drops(loop, run):
+    name = abstract_name("closing")
+    rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    rx.bind(name)
+    rx.setblocking(False)
+    n = 2000
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, remote_addr=name, family=socket.AF_UNIX)
+        for i in range(n):
+            tr.sendto(b"%06d" % i)
+        tr.close()
+        assert tr.is_closing()
+        await asyncio.sleep(0.02)
+        assert not proto.lost.done()        # still sending its backlog
+        got = await _recv_datagrams(loop, rx, n)
+        assert got == [b"%06d" % i for i in range(n)]
+        assert await proto.lost is None
+
+        # abort(): the backlog is dropped, connection_lost follows.
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, remote_addr=name, family=socket.AF_UNIX)
+        for i in range(n):
+            tr.sendto(b"%06d" % i)
+        await asyncio.sleep(0)
+        tr.abort()
+        assert await proto.lost is None
+        while True:         # whatever got out before the abort is intact
+            try:
+                data = rx.recv(100)
+            except BlockingIOError:
+                break
+            assert len(data) == 6
+
+    try:
+        run(main())
+    finally:
+        rx.close()
+
+
+def test_udp_refused_datagram_does_not_hold_back_the_rest(loop, run):
+    """A datagram the kernel refuses (too large) goes to error_received; the
+    ones sent after it still arrive, in order."""
+    async def main():
+        tr_a, a = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        tr_b, b = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        try:
+            addr_b = tr_b.get_extra_info("sockname")
+            tr_a.sendto(b"first", addr_b)
+            tr_a.sendto(b"x" * 70000, addr_b)
+            tr_a.sendto(b"second", addr_b)
+            tr_a.sendto(b"third", addr_b)
+            got = await b.wait_datagrams(3)
+            assert [d for d, _ in got] == [b"first", b"second", b"third"]
+            await a.wait_for(lambda: a.errors)
+            assert isinstance(a.errors[0], OSError)
+            assert len(a.errors) == 1
+            assert tr_a.get_write_buffer_size() == 0
+        finally:
+            await close_tr(tr_a, a)
+            await close_tr(tr_b, b)
+
+    run(main())
+
+
+@pytest.mark.allow_loop_errors
+def test_udp_sendto_host_name_and_bad_addresses(loop, run):
+    async def main():
+        tr_a, a = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        tr_b, b = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        try:
+            port = tr_b.get_extra_info("sockname")[1]
+            tr_a.sendto(b"by name", ("localhost", port))
+            got = await b.wait_datagrams(1)
+            assert got[0][0] == b"by name"
+            # A port out of range: the socket module's OverflowError is not
+            # an OSError, so it is fatal, as in asyncio.
+            tr_a.sendto(b"x", ("127.0.0.1", 70000))
+            assert await a.lost is not None
+        finally:
+            if not tr_a.is_closing():
+                await close_tr(tr_a, a)
+            await close_tr(tr_b, b)
+
+    run(main())

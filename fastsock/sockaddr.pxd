@@ -1,0 +1,15 @@
+# Socket addresses between Python's spelling and the kernel's: what an
+# io_uring operation or a sendmsg(2) needs, without going through a socket
+# object.
+
+from fastsock.system cimport sockaddr, sockaddr_storage, socklen_t
+
+# The address as Python's socket module spells it (None when unknown).
+cdef object sockaddr_to_py(sockaddr *addr, socklen_t addrlen)
+
+# Fill `out` with `address` for a socket of `family`, as socket.sendto() and
+# socket.connect() would (same exceptions; host names resolved with
+# getaddrinfo, blocking, like they do). Returns 1, or 0 for a family this
+# module does not handle (the caller goes through the socket object).
+cdef int py_to_sockaddr(int family, object address, sockaddr_storage *out,
+                        socklen_t *outlen) except -1
