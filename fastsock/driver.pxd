@@ -66,8 +66,8 @@ cdef class Request:
     # operation completes; a driver that hands it to the kernel holds a
     # reference to the Request until then.
     cdef:
-        int fd
-        int op
+        readonly int fd
+        readonly int op
         Endpoint ep                 # the datagram transport, or None
         object callback             # sock_* calls: callback(request, res)
         Py_buffer view              # of buf: what is sent or received into

@@ -1,6 +1,7 @@
 # cython: language_level=3
 """The driver contract: see driver.pxd."""
 
+from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
                              PyBUF_SIMPLE, PyBUF_WRITABLE)
 from libc.string cimport memset
@@ -64,6 +65,27 @@ cdef class Request:
     def __dealloc__(self):
         if self.has_view:
             PyBuffer_Release(&self.view)
+
+
+# For the loop's sock_* methods on io_uring.
+SEND, SENDMSG, RECV, RECVMSG, ACCEPT, CONNECT = (
+    REQ_SEND, REQ_SENDMSG, REQ_RECV, REQ_RECVMSG, REQ_ACCEPT, REQ_CONNECT)
+
+
+def new_request(int op, int fd, buf=None, bint writable=False, int family=0,
+                address=None):
+    """A Request for a sock_* call; None if `address` is of a family that
+    only the socket object can spell. Address errors raise as the socket
+    module's do."""
+    cdef Request req = Request.new(op, fd, buf, writable)
+    if address is not None and not req.set_name(family, address):
+        return None
+    return req
+
+
+def receive_buffer(Py_ssize_t n):
+    """A bytearray of n bytes for the kernel to fill (not zeroed first)."""
+    return PyByteArray_FromStringAndSize(NULL, n)
 
 
 cdef class Endpoint:

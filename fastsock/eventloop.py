@@ -12,6 +12,7 @@ transports on top of the loop's readiness watchers; the child's exit is seen
 through a pidfd in the driver, never through SIGCHLD.
 """
 
+import collections
 import errno
 import functools
 import io
@@ -20,10 +21,12 @@ import signal
 import socket
 import stat
 import warnings
+import weakref
 
 from asyncio import base_events, constants, exceptions, sslproto
 from asyncio import unix_events
 
+from fastsock import driver as _driver
 from fastsock import loop as _core
 from fastsock import transports as _transports
 
@@ -39,6 +42,8 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         self._backend = backend
         self._signal_handlers = {}
         self._listeners = {}
+        # sock_* on io_uring: what cancelled calls received, per socket
+        self._sock_orphans = weakref.WeakKeyDictionary()
         # Python's signal machinery writes signal numbers to this pair.
         self._ssock, self._csock = socket.socketpair()
         self._ssock.setblocking(False)
@@ -229,18 +234,36 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         transp._process_exited(returncode)
 
     # -- sockets -------------------------------------------------------------------
+    #
+    # On epoll the sock_* methods work as asyncio's do: try the call, and
+    # if the kernel would block, retry whenever the fd is ready (_sock_io).
+    # On io_uring they are completion operations (RECV, RECVMSG, SEND,
+    # SENDMSG, ACCEPT, CONNECT requests, _sock_complete): the kernel does
+    # the call when it can and reports the result.
+    #
+    # Cancellation is where the models differ: a cancelled readiness call
+    # has read nothing, but a completion that raced its cancellation may
+    # have read bytes (or accepted a connection) that nobody awaits any
+    # more. Those are kept, per socket, and handed to the next sock_recv*
+    # or sock_accept on that socket, so nothing is lost as long as the
+    # socket is read through the loop. For the same reason the kernel
+    # always receives into a buffer of the loop's (copied out on success):
+    # a cancelled sock_recv_into never writes into the caller's buffer.
 
     def _check_sock(self, sock):
         base_events._check_ssl_socket(sock)
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
+    @property
+    def _completes_sock_ops(self):
+        return self._backend == "uring"
+
     async def _sock_io(self, sock, want_write, op, try_now=True):
-        # One mechanism for every sock_* call: try at once (unless the
-        # caller just did); if the kernel would block, retry whenever the fd
-        # is ready until done. `op` takes no arguments and looks the socket
-        # method up on each try, as asyncio does (a test may swap it while
-        # we wait).
+        # Readiness: try at once (unless the caller just did); if the kernel
+        # would block, retry whenever the fd is ready until done. `op`
+        # takes no arguments and looks the socket method up on each try, as
+        # asyncio does (a test may swap it while we wait).
         if try_now:
             try:
                 return op()
@@ -280,16 +303,113 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         fut.add_done_callback(done)
         return await fut
 
+    async def _sock_complete(self, sock, req, flags=0):
+        # Completion: hand `req` to the kernel, wait for its result (bytes
+        # moved, an fd, 0) or raise its error.
+        self._ensure_fd_no_transport(sock.fileno())
+        fut = self.create_future()
+
+        def done(req, res):
+            if fut.cancelled():
+                self._keep_orphan(sock, req, res)
+            elif not fut.done() and not self.is_closed():
+                if res < 0:
+                    fut.set_exception(OSError(-res, os.strerror(-res)))
+                else:
+                    fut.set_result(res)
+
+        self.driver.submit_request(req, done, flags)
+        try:
+            return await fut
+        except exceptions.CancelledError:
+            if not self.is_closed():
+                self.driver.cancel_request(req)
+            raise
+
+    def _keep_orphan(self, sock, req, res):
+        # A completion whose caller was cancelled meanwhile: keep what it
+        # took from the kernel for the next call on this socket.
+        if res < 0 or self.is_closed():
+            return
+        if req.op == _driver.ACCEPT:
+            conn = socket.socket(sock.family, sock.type, sock.proto, fileno=res)
+            conn.setblocking(False)
+            item = (conn, req.address())
+        elif req.op == _driver.RECV and res > 0:
+            item = (bytes(memoryview(req.buf)[:res]), None)
+        elif req.op == _driver.RECVMSG:
+            item = (bytes(memoryview(req.buf)[:res]), req.address())
+        else:
+            return          # sends and connects: what is done is done
+        self._sock_orphans.setdefault(sock, collections.deque()).append(item)
+
+    def _take_orphan(self, sock, n=None):
+        # What a cancelled call received (see _keep_orphan), oldest first; a
+        # stream chunk longer than n is split, a datagram is truncated as
+        # recv() truncates it.
+        queue = self._sock_orphans.get(sock)
+        if not queue:
+            return None
+        data, addr = queue.popleft()
+        if n is not None and len(data) > n:
+            if sock.type == socket.SOCK_STREAM:
+                queue.appendleft((data[n:], addr))
+            data = data[:n]
+        if not queue:
+            del self._sock_orphans[sock]
+        return data, addr
+
+    async def _sock_receive(self, sock, op, nbytes):
+        # RECV/RECVMSG into a buffer of the loop's: (data, address).
+        orphan = self._take_orphan(sock, nbytes)
+        if orphan is not None:
+            return orphan
+        buf = _driver.receive_buffer(nbytes)
+        req = _driver.new_request(op, sock.fileno(), buf, True)
+        res = await self._sock_complete(sock, req)
+        data = bytes(buf) if res == nbytes else bytes(memoryview(buf)[:res])
+        return data, (req.address() if op == _driver.RECVMSG else None)
+
+    @staticmethod
+    def _copy_into(buf, data):
+        with memoryview(buf) as view, view.cast('B') as dest:
+            dest[:len(data)] = data
+        return len(data)
+
+    async def _sock_send_request(self, sock, op, data, address=None):
+        # SEND/SENDMSG: bytes sent. Datagram sockets send with MSG_DONTWAIT
+        # and wait for writability themselves when full: the kernel's own
+        # retry would resend an AF_UNIX datagram empty (see uring.pyx).
+        dgram = sock.type != socket.SOCK_STREAM
+        while True:
+            req = _driver.new_request(op, sock.fileno(), data, False,
+                                      sock.family, address)
+            if req is None:
+                return None     # a family only the socket object can spell
+            try:
+                return await self._sock_complete(
+                    sock, req, socket.MSG_DONTWAIT if dgram else 0)
+            except BlockingIOError:
+                await self._sock_io(sock, True, lambda: None, try_now=False)
+
     async def sock_recv(self, sock, n):
         self._check_sock(sock)
+        if self._completes_sock_ops:
+            return (await self._sock_receive(sock, _driver.RECV, n))[0]
         return await self._sock_io(sock, False, lambda: sock.recv(n))
 
     async def sock_recv_into(self, sock, buf):
         self._check_sock(sock)
+        if self._completes_sock_ops:
+            nbytes = memoryview(buf).nbytes
+            data, _ = await self._sock_receive(sock, _driver.RECV, nbytes)
+            return self._copy_into(buf, data)
         return await self._sock_io(sock, False, lambda: sock.recv_into(buf))
 
     async def sock_recvfrom(self, sock, bufsize):
         self._check_sock(sock)
+        if self._completes_sock_ops:
+            return await self._sock_receive(sock, _driver.RECVMSG, bufsize)
         return await self._sock_io(sock, False,
                                    lambda: sock.recvfrom(bufsize))
 
@@ -297,11 +417,23 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         self._check_sock(sock)
         if not nbytes:
             nbytes = len(buf)
+        if self._completes_sock_ops:
+            if nbytes > memoryview(buf).nbytes:
+                raise ValueError("nbytes is greater than the length of "
+                                 "the buffer")
+            data, addr = await self._sock_receive(sock, _driver.RECVMSG,
+                                                  nbytes)
+            return self._copy_into(buf, data), addr
         return await self._sock_io(sock, False,
                                    lambda: sock.recvfrom_into(buf, nbytes))
 
     async def sock_sendto(self, sock, data, address):
         self._check_sock(sock)
+        if self._completes_sock_ops:
+            sent = await self._sock_send_request(sock, _driver.SENDMSG, data,
+                                                 address)
+            if sent is not None:
+                return sent
         return await self._sock_io(sock, True,
                                    lambda: sock.sendto(data, address))
 
@@ -310,6 +442,11 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         view = memoryview(data).cast('B')
         total = len(view)
         sent = 0
+        if self._completes_sock_ops:
+            while sent < total:
+                sent += await self._sock_send_request(sock, _driver.SEND,
+                                                      view[sent:])
+            return None
 
         def send_some():
             nonlocal sent
@@ -321,6 +458,15 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
 
     async def sock_accept(self, sock):
         self._check_sock(sock)
+        if self._completes_sock_ops:
+            orphan = self._take_orphan(sock)
+            if orphan is not None:
+                return orphan
+            req = _driver.new_request(_driver.ACCEPT, sock.fileno())
+            fd = await self._sock_complete(sock, req)
+            conn = socket.socket(sock.family, sock.type, sock.proto, fileno=fd)
+            conn.setblocking(False)
+            return conn, req.address()
 
         def accept():
             conn, address = sock.accept()
@@ -337,6 +483,16 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
                 address, family=sock.family, type=sock.type,
                 proto=sock.proto, loop=self)
             _, _, _, _, address = resolved[0]
+        if self._completes_sock_ops:
+            req = _driver.new_request(_driver.CONNECT, sock.fileno(), None,
+                                      False, sock.family, address)
+            if req is not None:
+                try:
+                    await self._sock_complete(sock, req)
+                except OSError as exc:
+                    raise OSError(exc.errno,
+                                  f'Connect call failed {address}') from None
+                return
         try:
             sock.connect(address)
             return

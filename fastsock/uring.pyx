@@ -152,7 +152,8 @@ cdef class UringDriver(Driver):
         self.requests = set()
         self.counters = dict.fromkeys((
             'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
-            'recv_cancels', 'send_eagain', 'accept_emfile'), 0)
+            'recv_cancels', 'send_eagain', 'accept_emfile',
+            'sock_requests', 'datagram_sends'), 0)
         self.wakefd = self.reserve_fd = -1
         self.buf_count = buf_count
         self.buf_size = buf_size
@@ -569,6 +570,7 @@ cdef class UringDriver(Driver):
             ep.inflight += 1
             ep.sends_inflight += 1
             count += 1
+        self.counters['datagram_sends'] += count
         return 0
 
     cdef int datagram_done(self, Request req, int res) except -1:
@@ -599,9 +601,10 @@ cdef class UringDriver(Driver):
             self.finish_op(ep, req)
         return 0
 
-    def submit_request(self, Request req not None, callback):
+    def submit_request(self, Request req not None, callback, int flags=0):
         """Hand a sock_* operation to the kernel; callback(req, res) runs
-        when it completes (res: bytes, an fd, 0, or -errno)."""
+        when it completes (res: bytes, an fd, 0, or -errno). `flags` go to
+        send and sendmsg (with MSG_NOSIGNAL)."""
         cdef io_uring_sqe *sqe
         cdef uint64_t ud = request_tag(req)
         cdef int op = req.op
@@ -614,9 +617,9 @@ cdef class UringDriver(Driver):
             io_uring_prep_recvmsg(sqe, req.fd, &req.msg, 0)
         elif op == REQ_SEND:
             io_uring_prep_send(sqe, req.fd, req.iov.iov_base, req.iov.iov_len,
-                               MSG_NOSIGNAL)
+                               MSG_NOSIGNAL | flags)
         elif op == REQ_SENDMSG:
-            io_uring_prep_sendmsg(sqe, req.fd, &req.msg, MSG_NOSIGNAL)
+            io_uring_prep_sendmsg(sqe, req.fd, &req.msg, MSG_NOSIGNAL | flags)
         elif op == REQ_ACCEPT:
             io_uring_prep_accept(sqe, req.fd, <sockaddr *>&req.name,
                                  &req.namelen, SOCK_NONBLOCK | SOCK_CLOEXEC)
@@ -629,6 +632,12 @@ cdef class UringDriver(Driver):
         io_uring_sqe_set_data64(sqe, ud)
         req.callback = callback
         self.requests.add(req)      # the reference the SQE holds
+        self.counters['sock_requests'] += 1
+        # Submitted now, not with the iteration's batch: asyncio's sock_*
+        # calls start their operation before they first yield (a
+        # sock_connect is under way, a sock_sendall's bytes are in the
+        # socket), and callers rely on that ordering.
+        self.submit()
 
     def cancel_request(self, Request req not None):
         """Ask the kernel to stop `req`; its callback still runs, with

@@ -1,0 +1,177 @@
+"""sock_* methods under cancellation: a cancelled call takes nothing with it.
+
+With readiness (asyncio, epoll) a cancelled sock_recv has read nothing. On
+io_uring the operation may complete in the kernel while its task is being
+cancelled; what it received (or accepted) must reach the next call on that
+socket, and the caller's buffer must not change after a cancel. Every test
+here sets up that race: the data is already there when the operation
+starts, and the task is cancelled before the loop collects the result.
+"""
+
+import asyncio
+import gc
+import socket
+
+import pytest
+
+from _helpers import run_coro
+
+
+def _pair(type=socket.SOCK_STREAM):
+    a, b = socket.socketpair(socket.AF_UNIX, type)
+    a.setblocking(False)
+    b.setblocking(False)
+    return a, b
+
+
+async def _start_then_cancel(loop, coro):
+    """Start `coro` (its first step runs), cancel it before the loop polls
+    again: (result or None, cancelled?)."""
+    task = asyncio.ensure_future(coro)
+    await asyncio.sleep(0)
+    task.cancel()
+    try:
+        return await task, False
+    except asyncio.CancelledError:
+        return None, True
+
+
+def _raced(loop, cancelled):
+    # On io_uring the operation was under way in the kernel when it was
+    # cancelled (the race these tests are about did happen); readiness
+    # loops completed it in its first step.
+    if getattr(loop, "backend", None) == "uring":
+        assert cancelled
+
+
+def test_cancelled_sock_recv_loses_nothing(loop, run):
+    a, b = _pair()
+
+    async def main():
+        b.send(b"hello world")
+        got, cancelled = await _start_then_cancel(loop, loop.sock_recv(a, 5))
+        _raced(loop, cancelled)
+        got = got or b""
+        while len(got) < 11:
+            got += await loop.sock_recv(a, 100)
+        assert got == b"hello world"
+
+    with a, b:
+        run(main())
+
+
+def test_cancelled_sock_recv_into_leaves_buffer_alone(loop, run):
+    a, b = _pair()
+
+    async def main():
+        buf = bytearray(b"." * 16)
+        b.send(b"payload")
+        n, cancelled = await _start_then_cancel(
+            loop, loop.sock_recv_into(a, buf))
+        _raced(loop, cancelled)
+        await asyncio.sleep(0.01)
+        if cancelled:
+            assert buf == bytearray(b"." * 16)
+            n = await loop.sock_recv_into(a, buf)
+        assert buf[:n] == b"payload"
+
+    with a, b:
+        run(main())
+
+
+def test_cancelled_sock_recvfrom_keeps_datagram(loop, run):
+    a, b = _pair(socket.SOCK_DGRAM)
+
+    async def main():
+        b.send(b"one")
+        b.send(b"two")
+        got, cancelled = await _start_then_cancel(
+            loop, loop.sock_recvfrom(a, 100))
+        _raced(loop, cancelled)
+        datagrams = [got[0]] if got else []
+        while len(datagrams) < 2:
+            data, _ = await loop.sock_recvfrom(a, 100)
+            datagrams.append(data)
+        assert datagrams == [b"one", b"two"]
+
+    with a, b:
+        run(main())
+
+
+def test_cancelled_sock_accept_keeps_connection(loop, run):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    cli = socket.create_connection(srv.getsockname())
+
+    async def main():
+        res, cancelled = await _start_then_cancel(loop, loop.sock_accept(srv))
+        _raced(loop, cancelled)
+        if res is None:
+            res = await loop.sock_accept(srv)
+        conn, addr = res
+        with conn:
+            assert addr == cli.getsockname()
+            assert conn.gettimeout() == 0
+            cli.sendall(b"ping")
+            assert await loop.sock_recv(conn, 10) == b"ping"
+
+    with srv, cli:
+        run(main())
+
+
+def test_stream_orphan_split_across_smaller_reads(loop, run):
+    a, b = _pair()
+
+    async def main():
+        b.send(b"abcdefgh")
+        got, _ = await _start_then_cancel(loop, loop.sock_recv(a, 100))
+        got = got or b""
+        while len(got) < 8:
+            got += await loop.sock_recv(a, 3)
+        assert got == b"abcdefgh"
+
+    with a, b:
+        run(main())
+
+
+def test_sock_methods_on_uring_are_completion_operations(loop, run):
+    if getattr(loop, "backend", None) != "uring":
+        pytest.skip("io_uring only")
+    a, b = _pair()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    srv.setblocking(False)
+    c = socket.socket()
+    c.setblocking(False)
+
+    async def main():
+        before = loop.driver.stats()["sock_requests"]
+        await loop.sock_sendall(a, b"x")
+        assert await loop.sock_recv(b, 1) == b"x"
+        await loop.sock_connect(c, srv.getsockname())
+        conn, _ = await loop.sock_accept(srv)
+        conn.close()
+        # sendall, recv, connect, accept: four kernel operations
+        assert loop.driver.stats()["sock_requests"] - before == 4
+
+    with a, b, srv, c:
+        run(main())
+
+
+def test_loop_close_with_sock_recv_in_flight(loop):
+    """Closing the loop cancels a pending sock_recv in the kernel: the bytes
+    that come afterwards are still the socket's."""
+    a, b = _pair()
+    with a, b:
+        task = loop.create_task(loop.sock_recv(a, 10))
+        run_coro(loop, asyncio.sleep(0.01))
+        assert not task.done()
+        loop.close()
+        b.send(b"after")
+        a.settimeout(2)
+        assert a.recv(10) == b"after"
+        del task
+        gc.collect()
