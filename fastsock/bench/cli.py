@@ -19,7 +19,7 @@ QUICK = dict(transport="unix", conns="50", sizes="64", duration=0.3, warmup=0.1,
 def add_arguments(p):
     p.add_argument("--models", help=f"comma list of {','.join(M.ALL_MODELS)} "
                    "(default: all)")
-    p.add_argument("--transport", help="tcp, unix or both as tcp,unix "
+    p.add_argument("--transport", help="comma list of tcp, unix, udp "
                    f"(default {DEFAULTS['transport']})")
     p.add_argument("--conns", help=f"connection counts (default {DEFAULTS['conns']})")
     p.add_argument("--sizes", help=f"message sizes in bytes (default {DEFAULTS['sizes']})")
@@ -66,8 +66,12 @@ def resolve(args):
         raise SystemExit(f"fastsock bench: unknown model(s) {', '.join(unknown)}; "
                          f"known: {', '.join(M.ALL_MODELS)}")
     transports = [t.strip() for t in opts["transport"].split(",") if t.strip()]
-    if not transports or any(t not in ("tcp", "unix") for t in transports):
-        raise SystemExit("fastsock bench: --transport is tcp, unix or tcp,unix")
+    if not transports or any(t not in ("tcp", "unix", "udp") for t in transports):
+        raise SystemExit("fastsock bench: --transport is a comma list of "
+                         "tcp, unix, udp")
+    if "udp" in transports and (opts["pipeline"] or 1) != 1:
+        raise SystemExit("fastsock bench: udp runs with --pipeline 1 (a lost "
+                         "datagram is never resent)")
     workloads = [w.strip() for w in opts["workloads"].split(",") if w.strip()]
     if any(w not in WORKLOADS for w in workloads):
         raise SystemExit(f"fastsock bench: --workloads from {','.join(WORKLOADS)}")

@@ -104,6 +104,10 @@ class Server:
         if self.transport == "unix":
             Server._serial += 1
             addr = f"unix:{self.workdir / f'{self.model}-{mode}-{Server._serial}.sock'}"
+        elif self.transport == "udp":
+            if self.model in C_MODELS:
+                raise ModelSkipped("the C reference servers have no UDP mode")
+            addr = "udp:127.0.0.1:0"
         else:
             addr = "tcp:127.0.0.1:0"
         try:

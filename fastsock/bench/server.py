@@ -1,11 +1,12 @@
 """The Python server every Python model runs: one process per model.
 
-    python server.py MODEL --addr tcp:127.0.0.1:0|unix:PATH|unix:@NAME [--file F]
+    python server.py MODEL --addr tcp:127.0.0.1:0|unix:PATH|unix:@NAME|udp:HOST:PORT
+                     [--file F]
 
 MODEL is epoll, uring (fastsock backends), asyncio (stock selector loop) or
 uvloop.  The protocol is the same for all of them; only the loop differs.
-Without --file it echoes; with --file it sends the file to each connection
-with loop.sendfile() and closes.
+Without --file it echoes (udp: each datagram back to its sender); with
+--file it sends the file to each connection with loop.sendfile() and closes.
 
 It is started as a script path, not with -m: the asyncio and uvloop models
 must work even when the fastsock package itself does not import (not built).
@@ -42,6 +43,18 @@ class EchoProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.transport = None
+
+
+class EchoDatagramProtocol(asyncio.DatagramProtocol):
+    """Send each datagram back to where it came from."""
+
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(data, addr)
 
 
 class SendfileProtocol(asyncio.Protocol):
@@ -136,6 +149,12 @@ async def serve(loop, addr, factory):
             path = "\0" + path[1:]               # abstract namespace
         server = await loop.create_unix_server(factory, path, backlog=4096)
         return server, addr
+    if addr.startswith("udp:"):
+        host, _, port = addr[4:].rpartition(":")
+        transport, _ = await loop.create_datagram_endpoint(
+            EchoDatagramProtocol, local_addr=(host, int(port)))
+        sockname = transport.get_extra_info("sockname")
+        return transport, f"udp:{sockname[0]}:{sockname[1]}"
     if addr.startswith("tcp:"):
         host, _, port = addr[4:].rpartition(":")
         server = await loop.create_server(factory, host, int(port), backlog=4096)
