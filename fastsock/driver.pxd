@@ -35,6 +35,7 @@ cdef enum:
     EP_ZC_READY = 1 << 8       # epoll: SO_ZEROCOPY set on the socket
     EP_ABORTIVE = 1 << 9       # released by abort()/an error: the stream
                                # may be reset to end zero-copy sends at once
+    EP_MULTISHOT_DGRAM = 1 << 10   # io_uring: UDP, read by multishot recvmsg
 
 cdef enum:
     # Endpoint.send_mode, set by prepare_send()

@@ -127,6 +127,19 @@ cdef extern from "<liburing.h>" nogil:
     void io_uring_sqe_set_flags(io_uring_sqe *sqe, unsigned flags)
     void io_uring_prep_nop(io_uring_sqe *sqe)
     unsigned io_uring_sq_space_left(const io_uring *ring)
+    struct io_uring_recvmsg_out:
+        unsigned int namelen
+        unsigned int controllen
+        unsigned int payloadlen
+        unsigned int flags
+    void io_uring_prep_recvmsg_multishot(io_uring_sqe *sqe, int fd,
+                                         msghdr *msg, unsigned flags)
+    io_uring_recvmsg_out *io_uring_recvmsg_validate(void *buf, int buf_len,
+                                                    msghdr *msgh)
+    void *io_uring_recvmsg_name(io_uring_recvmsg_out *o)
+    void *io_uring_recvmsg_payload(io_uring_recvmsg_out *o, msghdr *msgh)
+    unsigned int io_uring_recvmsg_payload_length(io_uring_recvmsg_out *o,
+                                                 int buf_len, msghdr *msgh)
     void io_uring_prep_recv(io_uring_sqe *sqe, int fd, void *buf, size_t len,
                             int flags)
     void io_uring_prep_send(io_uring_sqe *sqe, int fd, const void *buf,

@@ -13,6 +13,27 @@ cdef class ZcHold:
         object refs
 
 
+cdef class BufferRing:
+    # A provided-buffer ring registered by hand (liburing 2.3 has no
+    # io_uring_setup_buf_ring): `count` buffers of `size` bytes the kernel
+    # picks from for recvs of buffer group `group`.
+    cdef:
+        io_uring_buf_ring *br
+        size_t br_bytes
+        char *bufs
+        unsigned int count
+        unsigned int size
+        int mask
+        int group
+
+    @staticmethod
+    cdef BufferRing new(io_uring *ring, unsigned int count, unsigned int size,
+                        int group)
+    cdef char *buf(self, unsigned int bid)
+    cdef int give_back(self, unsigned int bid) except -1
+    cdef int leak(self) except -1
+
+
 cdef class SplicePipe:
     # sendfile on io_uring: file -> pipe -> socket, two splices.
     cdef:
@@ -33,13 +54,12 @@ cdef class UringDriver(Driver):
         unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
         readonly unsigned int setup_flags
         int wakefd
-        # the provided-buffer ring shared by every recv of this loop
-        io_uring_buf_ring *br
-        size_t br_bytes
-        char *bufs
+        # provided buffers shared by every stream recv of this loop, and
+        # (made on first use) by every UDP recvmsg
+        BufferRing rbufs
+        BufferRing dbufs
         unsigned int buf_count
         unsigned int buf_size
-        int buf_mask
         dict stash                  # Endpoint -> list of bytes / None (EOF)
         list pending                # endpoints with stash to deliver
         dict dgram_bufs             # Endpoint -> bytearray for recvmsg
@@ -57,7 +77,6 @@ cdef class UringDriver(Driver):
 
     cdef int setup_ring(self, unsigned int entries,
                         unsigned int cq_entries) except -1
-    cdef int setup_buffers(self) except -1
     cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n)
     cdef io_uring_sqe *get_sqe(self) except NULL
     cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL
@@ -89,6 +108,8 @@ cdef class UringDriver(Driver):
     cdef int submit_datagrams(self, Endpoint ep) except -1
     cdef int datagram_done(self, Request req, int res) except -1
     cdef int request_done(self, Request req, int res) except -1
-    cdef int give_back(self, unsigned int bid)
+    cdef BufferRing datagram_buffers(self)
+    cdef int recvmsg_multishot_done(self, Endpoint ep, int res,
+                                    uint32_t flags) except -1
     cdef int keep(self, Endpoint ep, object chunk) except -1
     cdef int deliver_stash(self, Endpoint ep) except -1

@@ -94,7 +94,12 @@ cdef enum:
     DEFAULT_BUF_SIZE = 32 * 1024
     DEFAULT_DIRECT_SEND_MIN = 64 * 1024     # asyncio's default high water
     DGRAM_BUF_SIZE = 256 * 1024        # asyncio reads datagrams this large
-    BUF_GROUP = 0
+    STREAM_GROUP = 0                   # provided-buffer groups
+    DGRAM_GROUP = 1
+    # UDP recvmsg buffers: header, address and the largest UDP payload fit,
+    # so the kernel never truncates a datagram.
+    DGRAM_BUF_COUNT = 64
+    DGRAM_BUF_RING_SIZE = 65536 + 256
     DGRAM_CHAIN_MAX = 64               # datagrams linked in one chain
     REAP_ROUNDS = 8
 
@@ -112,6 +117,68 @@ _kept_for_kernel = []
 
 cdef class ZcHold:
     pass
+
+
+cdef class BufferRing:
+
+    @staticmethod
+    cdef BufferRing new(io_uring *ring, unsigned int count, unsigned int size,
+                        int group):
+        cdef BufferRing self = BufferRing.__new__(BufferRing)
+        cdef io_uring_buf_reg reg
+        cdef unsigned int i
+        cdef int ret
+        self.count = count
+        self.size = size
+        self.group = group
+        self.br_bytes = count * 16      # sizeof(struct io_uring_buf)
+        self.br = <io_uring_buf_ring *>mmap(NULL, self.br_bytes,
+                                            PROT_READ | PROT_WRITE,
+                                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+        if <void *>self.br == MAP_FAILED:
+            self.br = NULL
+            raise OSError(errno, "mmap of the buffer ring failed")
+        self.bufs = <char *>malloc(<size_t>count * size)
+        if self.bufs == NULL:
+            raise MemoryError()
+        memset(&reg, 0, sizeof(reg))
+        reg.ring_addr = <uint64_t><uintptr_t>self.br
+        reg.ring_entries = count
+        reg.bgid = group
+        ret = io_uring_register_buf_ring(ring, &reg, 0)
+        if ret < 0:
+            raise OSError(-ret, "registering the provided-buffer ring failed "
+                          f"(kernel 5.19+ needed): {os.strerror(-ret)}")
+        io_uring_buf_ring_init(self.br)
+        self.mask = io_uring_buf_ring_mask(count)
+        for i in range(count):
+            io_uring_buf_ring_add(self.br, self.bufs + i * size, size, i,
+                                  self.mask, i)
+        io_uring_buf_ring_advance(self.br, count)
+        return self
+
+    cdef char *buf(self, unsigned int bid):
+        return self.bufs + <size_t>bid * self.size
+
+    cdef int give_back(self, unsigned int bid) except -1:
+        # Its bytes have been handed on: the kernel may fill it again.
+        io_uring_buf_ring_add(self.br, self.buf(bid), self.size, bid,
+                              self.mask, 0)
+        io_uring_buf_ring_advance(self.br, 1)
+        return 0
+
+    cdef int leak(self) except -1:
+        # A recv the kernel never completed may still write here: never
+        # free this memory.
+        self.br = NULL
+        self.bufs = NULL
+        return 0
+
+    def __dealloc__(self):
+        if self.br != NULL:
+            munmap(self.br, self.br_bytes)
+        if self.bufs != NULL:
+            free(self.bufs)
 
 
 cdef class SplicePipe:
@@ -159,7 +226,8 @@ cdef class UringDriver(Driver):
         self.buf_size = buf_size
         try:
             self.setup_ring(entries, cq_entries)
-            self.setup_buffers()
+            self.rbufs = BufferRing.new(&self.ring, buf_count, buf_size,
+                                        STREAM_GROUP)
             self.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             if self.wakefd < 0:
                 raise OSError(errno, "eventfd failed")
@@ -201,36 +269,6 @@ cdef class UringDriver(Driver):
                           "(kernel older than 5.5)")
         return 0
 
-    cdef int setup_buffers(self) except -1:
-        cdef io_uring_buf_reg reg
-        cdef unsigned int i
-        cdef int ret
-        self.br_bytes = self.buf_count * 16     # sizeof(struct io_uring_buf)
-        self.br = <io_uring_buf_ring *>mmap(NULL, self.br_bytes,
-                                            PROT_READ | PROT_WRITE,
-                                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if <void *>self.br == MAP_FAILED:
-            self.br = NULL
-            raise OSError(errno, "mmap of the buffer ring failed")
-        self.bufs = <char *>malloc(<size_t>self.buf_count * self.buf_size)
-        if self.bufs == NULL:
-            raise MemoryError()
-        memset(&reg, 0, sizeof(reg))
-        reg.ring_addr = <uint64_t><uintptr_t>self.br
-        reg.ring_entries = self.buf_count
-        reg.bgid = BUF_GROUP
-        ret = io_uring_register_buf_ring(&self.ring, &reg, 0)
-        if ret < 0:
-            raise OSError(-ret, "registering the provided-buffer ring failed "
-                          f"(kernel 5.19+ needed): {os.strerror(-ret)}")
-        io_uring_buf_ring_init(self.br)
-        self.buf_mask = io_uring_buf_ring_mask(self.buf_count)
-        for i in range(self.buf_count):
-            io_uring_buf_ring_add(self.br, self.bufs + i * self.buf_size,
-                                  self.buf_size, i, self.buf_mask, i)
-        io_uring_buf_ring_advance(self.br, self.buf_count)
-        return 0
-
     def __dealloc__(self):
         self.free_ring()
 
@@ -238,12 +276,8 @@ cdef class UringDriver(Driver):
         if self.ring_ok:
             io_uring_queue_exit(&self.ring)
             self.ring_ok = False
-        if self.br != NULL:
-            munmap(self.br, self.br_bytes)
-            self.br = NULL
-        if self.bufs != NULL:
-            free(self.bufs)
-            self.bufs = NULL
+        # After io_uring_queue_exit: the kernel no longer knows the buffers.
+        self.rbufs = self.dbufs = None
 
     cdef int close(self) except -1:
         cdef Endpoint ep
@@ -299,8 +333,9 @@ cdef class UringDriver(Driver):
                 # A recv still in flight may yet pick a buffer from the ring
                 # and write into it while the kernel tears the ring down:
                 # the buffer memory is never given back either.
-                self.br = NULL
-                self.bufs = NULL
+                for bufs in (self.rbufs, self.dbufs):
+                    if bufs is not None:
+                        bufs.leak()
         self.free_ring()
         for fd in (self.wakefd, self.reserve_fd):
             if fd >= 0:
@@ -402,6 +437,18 @@ cdef class UringDriver(Driver):
 
     # -- the contract -------------------------------------------------------------
 
+    cdef int register(self, Endpoint ep) except -1:
+        cdef int domain = 0
+        cdef socklen_t len = sizeof(domain)
+        if ep.kind == KIND_DATAGRAM:
+            getsockopt(ep.fd, SOL_SOCKET, SO_DOMAIN, &domain, &len)
+            if domain == AF_INET or domain == AF_INET6:
+                # A UDP datagram fits in one buffer of the datagram ring;
+                # an AF_UNIX one may not (up to the socket buffer size), so
+                # those keep a single RECVMSG into a 256 KiB buffer.
+                ep.flags |= EP_MULTISHOT_DGRAM
+        return 0
+
     cdef int start_reading(self, Endpoint ep) except -1:
         if ep.flags & (EP_READING | EP_RELEASING):
             return 0
@@ -445,10 +492,21 @@ cdef class UringDriver(Driver):
         cdef char *base
         if ep.armed & ARM_RECV:
             return 0
-        if ep.kind == KIND_DATAGRAM:
+        if ep.flags & EP_MULTISHOT_DGRAM:
+            # Multishot recvmsg from the datagram buffer ring: each CQE is
+            # one datagram (header, sender, payload in one buffer). The
+            # msghdr only tells the kernel how much room the name gets.
+            memset(&ep.send_msg, 0, sizeof(ep.send_msg))
+            ep.send_msg.msg_namelen = <socklen_t>ADDR_SPACE
+            self.datagram_buffers()
+            sqe = self.op_sqe(ep, OP_RECV)
+            io_uring_prep_recvmsg_multishot(sqe, ep.fd, &ep.send_msg, 0)
+            sqe.flags |= IOSQE_BUFFER_SELECT
+            sqe.buf_group = DGRAM_GROUP
+        elif ep.kind == KIND_DATAGRAM:
             # One recvmsg at a time into the endpoint's own buffer: the
-            # sender's address comes with it. The datagram transport sends
-            # through the socket object, so send_msg/send_iov are free here.
+            # sender's address comes with it. Datagram sends carry their
+            # own msghdr (Request), so send_msg/send_iov are free here.
             space = self.dgram_bufs.get(ep)
             if space is None:
                 space = self.dgram_bufs[ep] = bytearray(ADDR_SPACE + DGRAM_BUF_SIZE)
@@ -466,7 +524,7 @@ cdef class UringDriver(Driver):
             sqe = self.op_sqe(ep, OP_RECV)
             io_uring_prep_recv_multishot(sqe, ep.fd, NULL, 0, 0)
             sqe.flags |= IOSQE_BUFFER_SELECT
-            sqe.buf_group = BUF_GROUP
+            sqe.buf_group = STREAM_GROUP
         ep.armed |= ARM_RECV
         return 0
 
@@ -849,7 +907,9 @@ cdef class UringDriver(Driver):
         ep = <Endpoint>ptr
         try:
             if op == OP_RECV:
-                if ep.kind == KIND_DATAGRAM:
+                if ep.flags & EP_MULTISHOT_DGRAM:
+                    self.recvmsg_multishot_done(ep, res, flags)
+                elif ep.kind == KIND_DATAGRAM:
                     self.recvmsg_done(ep, res)
                 else:
                     self.recv_done(ep, res, flags)
@@ -952,12 +1012,6 @@ cdef class UringDriver(Driver):
             self.pipes.pop(ep, None)
         return 0
 
-    cdef int give_back(self, unsigned int bid):
-        io_uring_buf_ring_add(self.br, self.bufs + bid * self.buf_size,
-                              self.buf_size, bid, self.buf_mask, 0)
-        io_uring_buf_ring_advance(self.br, 1)
-        return 0
-
     cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1:
         cdef bint more = flags & IORING_CQE_F_MORE
         cdef unsigned int bid
@@ -966,7 +1020,7 @@ cdef class UringDriver(Driver):
             ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
         if res > 0:
             bid = flags >> IORING_CQE_BUFFER_SHIFT
-            data = self.bufs + bid * self.buf_size
+            data = self.rbufs.buf(bid)
             try:
                 if ep.flags & EP_RELEASING:
                     pass
@@ -975,7 +1029,7 @@ cdef class UringDriver(Driver):
                 else:
                     self.keep(ep, PyBytes_FromStringAndSize(data, res))
             finally:
-                self.give_back(bid)
+                self.rbufs.give_back(bid)
             if not more and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
                 self.counters['multishot_rearms'] += 1
                 self.arm_recv(ep)
@@ -1028,11 +1082,62 @@ cdef class UringDriver(Driver):
                 ep.flags &= ~EP_READING
                 del self.stash[ep]
                 return ep.on_eof()
-            ep.on_data(PyBytes_AS_STRING(chunk), len(chunk))
+            if type(chunk) is tuple:        # a datagram and its sender
+                data, name = chunk
+                ep.on_datagram(PyBytes_AS_STRING(data), len(data),
+                               <sockaddr *>PyBytes_AS_STRING(name), len(name))
+            else:
+                ep.on_data(PyBytes_AS_STRING(chunk), len(chunk))
         if not chunks:
             self.stash.pop(ep, None)
             if ep.flags & EP_READING and not ep.flags & EP_RELEASING:
                 self.arm_recv(ep)
+        return 0
+
+    cdef BufferRing datagram_buffers(self):
+        if self.dbufs is None:
+            self.dbufs = BufferRing.new(&self.ring, DGRAM_BUF_COUNT,
+                                        DGRAM_BUF_RING_SIZE, DGRAM_GROUP)
+        return self.dbufs
+
+    cdef int recvmsg_multishot_done(self, Endpoint ep, int res,
+                                    uint32_t flags) except -1:
+        cdef bint more = flags & IORING_CQE_F_MORE
+        cdef unsigned int bid
+        cdef char *buf
+        cdef io_uring_recvmsg_out *out
+        cdef socklen_t namelen
+        if not more:
+            ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
+        if flags & IORING_CQE_F_BUFFER:
+            bid = flags >> IORING_CQE_BUFFER_SHIFT
+            buf = self.dbufs.buf(bid)
+            try:
+                out = io_uring_recvmsg_validate(buf, res, &ep.send_msg)
+                if out != NULL and not ep.flags & EP_RELEASING:
+                    namelen = min(out.namelen, ep.send_msg.msg_namelen)
+                    payload = <char *>io_uring_recvmsg_payload(out, &ep.send_msg)
+                    size = io_uring_recvmsg_payload_length(out, res,
+                                                           &ep.send_msg)
+                    if ep.flags & EP_READING and not (self.stash and ep in self.stash):
+                        ep.on_datagram(payload, size,
+                                       <sockaddr *>io_uring_recvmsg_name(out),
+                                       namelen)
+                    else:
+                        # Came while paused: delivered on resume, in order.
+                        self.keep(ep, (payload[:size],
+                                       (<char *>io_uring_recvmsg_name(out))[:namelen]))
+            finally:
+                self.dbufs.give_back(bid)
+        elif res < 0 and not ep.flags & EP_RELEASING:
+            if res == -ENOBUFS:
+                self.counters['enobufs'] += 1
+            elif res != -ECANCELED and res != -EINTR:
+                # ICMP errors and the like: reported, reading goes on.
+                ep.on_read_error(-res)
+        if not more and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            self.counters['multishot_rearms'] += 1
+            self.arm_recv(ep)
         return 0
 
     cdef int recvmsg_done(self, Endpoint ep, int res) except -1:
@@ -1188,7 +1293,7 @@ cdef object _check_multishot_recv(UringDriver drv):
         sqe = drv.get_sqe()
         io_uring_prep_recv_multishot(sqe, a.fileno(), NULL, 0, 0)
         sqe.flags |= IOSQE_BUFFER_SELECT
-        sqe.buf_group = BUF_GROUP
+        sqe.buf_group = STREAM_GROUP
         io_uring_sqe_set_data64(sqe, 1)
         b.send(b"x")
         ts.tv_sec = 1
@@ -1216,8 +1321,7 @@ cdef object _check_multishot_recv(UringDriver drv):
                 if ended:
                     break
             if not ended:
-                drv.br = NULL       # never completed: never free its buffers
-                drv.bufs = NULL
+                drv.rbufs.leak()    # never completed: never free its buffers
         if res == 1 and flags & IORING_CQE_F_MORE:
             return ""
         if res < 0:

@@ -483,3 +483,73 @@ def test_udp_sendto_host_name_and_bad_addresses(loop, run):
             await close_tr(tr_b, b)
 
     run(main())
+
+
+def test_udp_burst_larger_than_the_receive_buffers(loop, run):
+    """More datagrams wait in the socket than io_uring's datagram buffer
+    ring holds (64): the multishot recvmsg ends with ENOBUFS, is re-armed,
+    and every datagram arrives, in order."""
+    n = 200
+
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        addr = tr.get_extra_info("sockname")
+        tr.pause_reading()
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.connect(addr)
+                await asyncio.sleep(0.01)
+                for i in range(n):
+                    tx.send(b"%04d" % i)
+                tr.resume_reading()
+                got = await proto.wait_datagrams(n)
+                assert {a for _, a in got} == {tx.getsockname()}
+            assert [d for d, _ in got] == [b"%04d" % i for i in range(n)]
+            if getattr(loop, "backend", None) == "uring":
+                assert loop.driver.stats()["enobufs"] > 0   # ring ran dry
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
+
+
+def test_udp_pause_reading_holds_datagrams(loop, run):
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        addr = tr.get_extra_info("sockname")
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                tx.sendto(b"before", addr)
+                await proto.wait_datagrams(1)
+                tr.pause_reading()
+                for i in range(10):
+                    tx.sendto(b"paused %d" % i, addr)
+                await asyncio.sleep(0.05)
+                assert len(proto.datagrams) == 1
+                tr.resume_reading()
+                got = await proto.wait_datagrams(11)
+                assert [d for d, _ in got[1:]] == [b"paused %d" % i
+                                                   for i in range(10)]
+                assert got[-1][1][1] == tx.getsockname()[1]
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
+
+
+def test_udp_largest_datagram_is_not_truncated(loop, run):
+    async def main():
+        tr, proto = await loop.create_datagram_endpoint(
+            DgramProto, local_addr=("127.0.0.1", 0))
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+                big = os.urandom(65507)
+                tx.sendto(big, tr.get_extra_info("sockname"))
+                got = await proto.wait_datagrams(1)
+                assert got[0][0] == big
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
