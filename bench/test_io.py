@@ -149,6 +149,70 @@ def test_streams_roundtrip(loop, bench_loop, sock_path):
         loop.run_until_complete(server.wait_closed())
 
 
+N_SOCK = 2000
+
+
+def test_sock_methods_roundtrip(loop, bench_loop):
+    """loop.sock_sendall + loop.sock_recv on a socket pair: N 64-byte round
+    trips (readiness calls on epoll/asyncio/uvloop, completion operations on
+    io_uring)."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    b.setblocking(False)
+
+    async def echo():
+        while data := await loop.sock_recv(b, 65536):
+            await loop.sock_sendall(b, data)
+
+    async def batch():
+        for _ in range(N_SOCK):
+            await loop.sock_sendall(a, MSG)
+            await loop.sock_recv(a, 65536)
+    task = loop.create_task(echo())
+    try:
+        bench_loop(batch, N_SOCK)
+    finally:
+        a.close()
+        loop.run_until_complete(task)
+        b.close()
+
+
+def test_sock_datagram_roundtrip(loop, bench_loop):
+    """loop.sock_sendto + loop.sock_recvfrom over UDP: N round trips."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.setblocking(False)
+        try:
+            loop.run_until_complete(loop.sock_sendto(probe, b"", ("127.0.0.1", 9)))
+        except NotImplementedError:
+            pytest.skip(f"{type(loop).__module__} has no sock_sendto()")
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for s in (a, b):
+        s.bind(("127.0.0.1", 0))
+        s.setblocking(False)
+    addr_b = b.getsockname()
+
+    async def echo():
+        while True:
+            data, addr = await loop.sock_recvfrom(b, 65536)
+            if data == b"stop":
+                return
+            await loop.sock_sendto(b, data, addr)
+
+    async def batch():
+        for _ in range(N_SOCK):
+            await loop.sock_sendto(a, MSG, addr_b)
+            await loop.sock_recvfrom(a, 65536)
+    task = loop.create_task(echo())
+    try:
+        bench_loop(batch, N_SOCK)
+    finally:
+        a.sendto(b"stop", addr_b)
+        loop.run_until_complete(task)
+        a.close()
+        b.close()
+
+
 def test_accept_rate(loop, bench_loop, sock_path):
     """N connect + accept + close, up to 50 at a time."""
     accepted = [0]
