@@ -87,6 +87,13 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         for sock in list(self._listeners):
             self._stop_serving(sock)
         self._close_driver()
+        # Connections that cancelled sock_accept calls took from the kernel
+        # and nobody claimed: the loop owns them, and closes them.
+        for queue in list(self._sock_orphans.values()):
+            for item, _ in queue:
+                if isinstance(item, socket.socket):
+                    item.close()
+        self._sock_orphans.clear()
         self._ssock.close()
         self._csock.close()
 
@@ -310,9 +317,9 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         fut = self.create_future()
 
         def done(req, res):
-            if fut.cancelled():
-                self._keep_orphan(sock, req, res)
-            elif not fut.done() and not self.is_closed():
+            if fut.done() or self.is_closed():
+                self._keep_orphan(sock, req, res)   # nobody awaits it now
+            else:
                 if res < 0:
                     fut.set_exception(OSError(-res, os.strerror(-res)))
                 else:
@@ -329,7 +336,11 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
     def _keep_orphan(self, sock, req, res):
         # A completion whose caller was cancelled meanwhile: keep what it
         # took from the kernel for the next call on this socket.
-        if res < 0 or self.is_closed():
+        if res < 0:
+            return
+        if self.is_closed():
+            if req.op == _driver.ACCEPT:
+                os.close(res)       # completed while the loop closed
             return
         if req.op == _driver.ACCEPT:
             conn = socket.socket(sock.family, sock.type, sock.proto, fileno=res)

@@ -11,6 +11,7 @@ starts, and the task is cancelled before the loop collects the result.
 import asyncio
 import gc
 import socket
+import warnings
 
 import pytest
 
@@ -175,3 +176,28 @@ def test_loop_close_with_sock_recv_in_flight(loop):
         assert a.recv(10) == b"after"
         del task
         gc.collect()
+
+
+def test_unclaimed_accepted_connection_closed_with_the_loop(loop, run):
+    """A connection a cancelled sock_accept took from the kernel, never
+    claimed by another sock_accept, is closed by the loop when it closes
+    (not left to the garbage collector's "unclosed socket" warning)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    cli = socket.create_connection(srv.getsockname())
+
+    async def main():
+        res, cancelled = await _start_then_cancel(loop, loop.sock_accept(srv))
+        _raced(loop, cancelled)
+        if res is not None:
+            res[0].close()
+
+    with srv, cli:
+        run(main())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            loop.close()
+            gc.collect()
+        assert not [w for w in caught if w.category is ResourceWarning]
