@@ -372,6 +372,10 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
 
     async def _sock_receive(self, sock, op, nbytes):
         # RECV/RECVMSG into a buffer of the loop's: (data, address).
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv")
+        if nbytes == 0 and sock.type == socket.SOCK_STREAM:
+            return b"", None        # recv(2) returns at once; a RECV waits
         orphan = self._take_orphan(sock, nbytes)
         if orphan is not None:
             return orphan
@@ -380,6 +384,18 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         res = await self._sock_complete(sock, req)
         data = bytes(buf) if res == nbytes else bytes(memoryview(buf)[:res])
         return data, (req.address() if op == _driver.RECVMSG else None)
+
+    @staticmethod
+    def _writable_size(buf):
+        # Checked before anything is read: a buffer the bytes cannot go into
+        # must fail the call, not lose the data (socket.recv_into's errors).
+        with memoryview(buf) as view:
+            if view.readonly:
+                raise TypeError("recv_into() argument 'buffer' must be "
+                                "read-write bytes-like object, not "
+                                f"{type(buf).__name__}")
+            with view.cast('B') as flat:
+                return flat.nbytes
 
     @staticmethod
     def _copy_into(buf, data):
@@ -412,7 +428,7 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
     async def sock_recv_into(self, sock, buf):
         self._check_sock(sock)
         if self._completes_sock_ops:
-            nbytes = memoryview(buf).nbytes
+            nbytes = self._writable_size(buf)
             data, _ = await self._sock_receive(sock, _driver.RECV, nbytes)
             return self._copy_into(buf, data)
         return await self._sock_io(sock, False, lambda: sock.recv_into(buf))
@@ -429,7 +445,7 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         if not nbytes:
             nbytes = len(buf)
         if self._completes_sock_ops:
-            if nbytes > memoryview(buf).nbytes:
+            if nbytes > self._writable_size(buf):
                 raise ValueError("nbytes is greater than the length of "
                                  "the buffer")
             data, addr = await self._sock_receive(sock, _driver.RECVMSG,

@@ -609,7 +609,7 @@ cdef class UringDriver(Driver):
             self.submit()
         # No submit may happen inside the chain: a link flag set on an SQE
         # the kernel already took would mean nothing.
-        most = min(io_uring_sq_space_left(&self.ring), DGRAM_CHAIN_MAX)
+        most = max(1, min(io_uring_sq_space_left(&self.ring), DGRAM_CHAIN_MAX))
         for req in ep.send_queue:
             if count == most:
                 break

@@ -201,3 +201,25 @@ def test_unclaimed_accepted_connection_closed_with_the_loop(loop, run):
             loop.close()
             gc.collect()
         assert not [w for w in caught if w.category is ResourceWarning]
+
+
+def test_bad_receive_arguments_fail_before_reading(loop, run):
+    """Arguments socket.recv*() refuses fail the call and read nothing."""
+    a, b = _pair()
+
+    async def main():
+        b.send(b"kept")
+        with pytest.raises(ValueError):
+            await loop.sock_recv(a, -1)
+        with pytest.raises(TypeError):
+            await loop.sock_recv_into(a, b"read-only")
+        with pytest.raises(ValueError):
+            await loop.sock_recvfrom_into(a, bytearray(2), 10)
+        assert await loop.sock_recv(a, 100) == b"kept"
+        assert await _recv_zero(a) == b""
+
+    async def _recv_zero(sock):
+        return await loop.sock_recv(sock, 0)
+
+    with a, b:
+        run(main())
