@@ -97,6 +97,7 @@ cdef class DatagramTransport(BaseTransport):
     @staticmethod
     cdef DatagramTransport new(CoreLoop loop, object sock, object protocol,
                                object address, object waiter, object extra)
+    cdef int send_through_socket(self, object data, object addr) except -1
 
 
 cdef class FileSender(Endpoint):

@@ -835,7 +835,8 @@ cdef class DatagramTransport(BaseTransport):
         if not self.connected:
             try:
                 if not req.set_name(self.family, addr):
-                    return self.send_through_socket(data, addr)
+                    self.send_through_socket(data, addr)
+                    return
             except OSError as exc:
                 self.protocol.error_received(exc)
                 return
@@ -848,7 +849,7 @@ cdef class DatagramTransport(BaseTransport):
         self.loop.driver.send_datagram(self, req)
         self.maybe_pause_protocol()
 
-    def send_through_socket(self, data, addr):
+    cdef int send_through_socket(self, object data, object addr) except -1:
         # A family sockaddr.pyx does not spell (AF_PACKET, AF_NETLINK, ...):
         # the socket object sends it; a full buffer is reported, not queued.
         try:
@@ -859,6 +860,7 @@ cdef class DatagramTransport(BaseTransport):
             raise
         except BaseException as exc:
             self.fatal_error(exc, 'Fatal write error on datagram transport')
+        return 0
 
     cdef int on_datagram_sent(self, Request req, int err) except -1:
         self.dbuf_size -= req.size

@@ -14,6 +14,12 @@
 - Listeners use multishot accept; backlogs go out as SENDMSG, one in flight
   per stream; watchers are single-shot polls re-armed after each event,
   which gives the level-triggered behaviour add_reader promises.
+- UDP sockets read with multishot recvmsg from a second buffer ring whose
+  buffers fit any UDP datagram; AF_UNIX datagram sockets with one RECVMSG
+  at a time. Datagrams go out as chains of linked SENDMSGs, each a Request
+  (driver.pxd) with its own msghdr and address.
+- The loop's sock_* methods are Requests too (RECV, RECVMSG, SEND, SENDMSG,
+  ACCEPT, CONNECT), submitted at once; eventloop.py waits for them.
 - Lifetime: every SQE holds a reference to its Endpoint, dropped by its
   final CQE, so the memory an SQE points at (the Endpoint's msghdr/iovecs
   and the bytes they point into) outlives the kernel's use of it. release()
