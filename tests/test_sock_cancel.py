@@ -223,3 +223,43 @@ def test_bad_receive_arguments_fail_before_reading(loop, run):
 
     with a, b:
         run(main())
+
+
+def test_cancelled_sock_sendall_buffer_outlives_the_kernel_send(loop, run):
+    """A sock_sendall cancelled while its send waits in the kernel: the
+    caller's buffer is dropped at once and its memory reused, yet whatever
+    the peer gets after the filler is an exact prefix of the payload (on
+    io_uring the Request keeps the buffer until its CQE)."""
+    a, b = _pair()
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    payload = bytes(range(256)) * 4096          # 1 MiB
+
+    async def main():
+        filler = 0
+        while True:
+            try:
+                filler += a.send(b" " * 4096)
+            except BlockingIOError:
+                break
+        task = asyncio.ensure_future(loop.sock_sendall(a, bytearray(payload)))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        del task
+        gc.collect()
+        churn = [bytearray(b"\xff" * len(payload)) for _ in range(8)]
+        got = bytearray()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(b, 1 << 20), 0.2)
+            except asyncio.TimeoutError:
+                break
+            got += chunk
+        del churn
+        assert got[:filler] == b" " * filler
+        rest = bytes(got[filler:])
+        assert rest == payload[:len(rest)]
+
+    with a, b:
+        run(main())
