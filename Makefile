@@ -30,8 +30,11 @@ $(VENV)/.built: $(VENV)/.ready $(PYX) setup.py
 
 build: system $(VENV)/.built
 
+# pytest, then CPython's own asyncio tests on each backend.
 test: build
 	$(PY) -m pytest tests $(PYTEST_ARGS)
+	$(PY) tests/cpython_suite/run_cpython_asyncio.py --backend epoll
+	$(PY) tests/cpython_suite/run_cpython_asyncio.py --backend uring
 
 bench: build
 	$(VENV)/bin/fastsock bench $(BENCH_ARGS)

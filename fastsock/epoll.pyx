@@ -447,7 +447,14 @@ cdef class EpollDriver(Driver):
             n = recv(ep.fd, self.rbuf, <size_t>self.rbuf_size, 0)
             if n > 0:
                 ep.on_data(self.rbuf, n)
-                if n < self.rbuf_size and not drain:
+                if n < self.rbuf_size:
+                    if drain:
+                        # The FIN (or error) that came with this data is
+                        # read in the next iteration, as a readiness loop
+                        # reading once per event finds it: protocols see
+                        # data_received and eof_received in separate
+                        # iterations on every backend.
+                        return self.defer(ep)
                     return 0      # drained: the next arrival raises an edge
             elif n == 0:
                 ep.flags &= ~EP_READING
