@@ -77,6 +77,8 @@ def new_request(int op, int fd, buf=None, bint writable=False, int family=0,
     """A Request for a sock_* call; None if `address` is of a family that
     only the socket object can spell. Address errors raise as the socket
     module's do."""
+    if not REQ_SEND <= op <= REQ_CONNECT:
+        raise ValueError(f"unknown request {op}")
     cdef Request req = Request.new(op, fd, buf, writable)
     if address is not None and not req.set_name(family, address):
         return None
@@ -85,6 +87,8 @@ def new_request(int op, int fd, buf=None, bint writable=False, int family=0,
 
 def receive_buffer(Py_ssize_t n):
     """A bytearray of n bytes for the kernel to fill (not zeroed first)."""
+    if n < 0:
+        raise ValueError("negative buffer size")
     return PyByteArray_FromStringAndSize(NULL, n)
 
 

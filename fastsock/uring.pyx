@@ -674,6 +674,8 @@ cdef class UringDriver(Driver):
         cdef int op = req.op
         if req in self.requests:
             raise RuntimeError("request already submitted")
+        if not REQ_SEND <= op <= REQ_CONNECT:
+            raise ValueError(f"unknown request {op}")
         sqe = self.get_sqe()
         if op == REQ_RECV:
             io_uring_prep_recv(sqe, req.fd, req.iov.iov_base, req.iov.iov_len, 0)
@@ -690,9 +692,6 @@ cdef class UringDriver(Driver):
         elif op == REQ_CONNECT:
             io_uring_prep_connect(sqe, req.fd, <sockaddr *>&req.name,
                                   req.namelen)
-        else:
-            io_uring_prep_nop(sqe)
-            raise ValueError(f"unknown request {op}")
         io_uring_sqe_set_data64(sqe, ud)
         req.callback = callback
         self.requests.add(req)      # the reference the SQE holds

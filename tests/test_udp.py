@@ -60,6 +60,12 @@ class DgramProto(asyncio.DatagramProtocol):
         return self.datagrams[:n]
 
 
+async def udp_endpoint(loop):
+    """A DgramProto on a fresh UDP socket at 127.0.0.1."""
+    return await loop.create_datagram_endpoint(
+        DgramProto, local_addr=("127.0.0.1", 0))
+
+
 async def close_tr(tr, proto):
     tr.close()
     await proto.lost
@@ -100,8 +106,7 @@ def test_udp_sendto_and_receive(loop, run, family, host):
 
 def test_udp_remote_addr_connected(loop, run):
     async def main():
-        tr_srv, srv = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr_srv, srv = await udp_endpoint(loop)
         srv_addr = tr_srv.get_extra_info("sockname")
         tr_cli, cli = await loop.create_datagram_endpoint(
             DgramProto, remote_addr=srv_addr)
@@ -152,8 +157,7 @@ def test_udp_error_received_on_refused(loop, run):
 
 def test_udp_sendto_type_errors(loop, run):
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr, proto = await udp_endpoint(loop)
         try:
             with pytest.raises(TypeError):
                 tr.sendto("text", ("127.0.0.1", 9))
@@ -165,10 +169,8 @@ def test_udp_sendto_type_errors(loop, run):
 
 def test_udp_large_datagram_and_many(loop, run):
     async def main():
-        tr_a, a = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
-        tr_b, b = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr_a, a = await udp_endpoint(loop)
+        tr_b, b = await udp_endpoint(loop)
         try:
             addr_b = tr_b.get_extra_info("sockname")
             big = os.urandom(60000)
@@ -189,16 +191,14 @@ def test_udp_large_datagram_and_many(loop, run):
 
 def test_udp_close_and_abort(loop, run):
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr, proto = await udp_endpoint(loop)
         assert not tr.is_closing()
         tr.close()
         assert tr.is_closing()
         tr.close()
         assert await proto.lost is None
         assert proto.events == ["made", "lost"]
-        tr2, proto2 = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr2, proto2 = await udp_endpoint(loop)
         tr2.abort()
         assert await proto2.lost is None
         assert proto2.events == ["made", "lost"]
@@ -208,8 +208,7 @@ def test_udp_close_and_abort(loop, run):
 
 def test_udp_write_buffer_size(loop, run):
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr, proto = await udp_endpoint(loop)
         try:
             assert tr.get_write_buffer_size() == 0
         finally:
@@ -438,10 +437,8 @@ def test_udp_refused_datagram_does_not_hold_back_the_rest(loop, run):
     """A datagram the kernel refuses (too large) goes to error_received; the
     ones sent after it still arrive, in order."""
     async def main():
-        tr_a, a = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
-        tr_b, b = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr_a, a = await udp_endpoint(loop)
+        tr_b, b = await udp_endpoint(loop)
         try:
             addr_b = tr_b.get_extra_info("sockname")
             tr_a.sendto(b"first", addr_b)
@@ -464,10 +461,8 @@ def test_udp_refused_datagram_does_not_hold_back_the_rest(loop, run):
 @pytest.mark.allow_loop_errors
 def test_udp_sendto_host_name_and_bad_addresses(loop, run):
     async def main():
-        tr_a, a = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
-        tr_b, b = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr_a, a = await udp_endpoint(loop)
+        tr_b, b = await udp_endpoint(loop)
         try:
             port = tr_b.get_extra_info("sockname")[1]
             tr_a.sendto(b"by name", ("localhost", port))
@@ -492,8 +487,7 @@ def test_udp_burst_larger_than_the_receive_buffers(loop, run):
     n = 200
 
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr, proto = await udp_endpoint(loop)
         addr = tr.get_extra_info("sockname")
         tr.pause_reading()
         try:
@@ -516,8 +510,7 @@ def test_udp_burst_larger_than_the_receive_buffers(loop, run):
 
 def test_udp_pause_reading_holds_datagrams(loop, run):
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr, proto = await udp_endpoint(loop)
         addr = tr.get_extra_info("sockname")
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
@@ -541,8 +534,7 @@ def test_udp_pause_reading_holds_datagrams(loop, run):
 
 def test_udp_largest_datagram_is_not_truncated(loop, run):
     async def main():
-        tr, proto = await loop.create_datagram_endpoint(
-            DgramProto, local_addr=("127.0.0.1", 0))
+        tr, proto = await udp_endpoint(loop)
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
                 big = os.urandom(65507)
