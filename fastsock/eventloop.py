@@ -42,6 +42,10 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         self._backend = backend
         self._signal_handlers = {}
         self._listeners = {}
+        # Filled by asyncio's create_unix_server (borrowed below) from Python
+        # 3.13 on (gh-111246): listening socket -> inode of its path, so that
+        # closing the server unlinks the file it made. Stays empty before.
+        self._unix_server_sockets = {}
         # sock_* on io_uring: what cancelled calls received, per socket
         self._sock_orphans = weakref.WeakKeyDictionary()
         # Python's signal machinery writes signal numbers to this pair.
@@ -186,11 +190,27 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
             ssl_handshake_timeout, ssl_shutdown_timeout)
 
     def _stop_serving(self, sock):
+        path = None
+        if sock in self._unix_server_sockets:
+            path = sock.getsockname()
         listener = self._listeners.pop(sock, None)
         if listener is not None:
             listener.stop()      # closes sock once the driver forgot it
         else:
             sock.close()
+        if path is not None:
+            # create_unix_server(cleanup_socket=True), Python 3.13+: remove
+            # the socket file, unless another server has replaced it since.
+            inode = self._unix_server_sockets.pop(sock)
+            try:
+                if os.stat(path).st_ino == inode:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError as err:
+                base_events.logger.error(
+                    'Unable to clean up listening UNIX socket %r: %r',
+                    path, err)
 
     create_unix_connection = _Unix.create_unix_connection
     create_unix_server = _Unix.create_unix_server

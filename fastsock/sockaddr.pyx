@@ -145,9 +145,12 @@ cdef int inet_address(object address, sockaddr_in *out,
 cdef int inet6_address(object address, sockaddr_in6 *out,
                        socklen_t *outlen) except -1:
     host, port = host_port("AF_INET6", address, 4)
-    flowinfo = address[2] if len(address) > 2 else 0
-    scope_id = address[3] if len(address) > 3 else 0
-    if not 0 <= flowinfo <= 0xfffff:
+    # The socket module reads both as C unsigned ints without an overflow
+    # check (the "I" format: the value is taken modulo 2**32), then checks
+    # only the flow label's 20 bits.
+    flowinfo = operator.index(address[2]) & 0xffffffff if len(address) > 2 else 0
+    scope_id = operator.index(address[3]) & 0xffffffff if len(address) > 3 else 0
+    if flowinfo > 0xfffff:
         raise OverflowError("flowinfo must be 0-1048575.")
     out.sin6_family = AF_INET6
     out.sin6_port = htons(<unsigned short>port)
@@ -181,3 +184,29 @@ def from_sockaddr(bytes raw):
     memset(&ss, 0, sizeof(ss))
     memcpy(&ss, <char *>raw, min(len(raw), sizeof(ss)))
     return sockaddr_to_py(<sockaddr *>&ss, <socklen_t>len(raw))
+
+
+def peer_address(sock):
+    """The peer's address of a connected socket, as getpeername() gives it.
+
+    A TCP peer that reset the connection before it was accepted leaves a
+    socket whose getpeername() fails with ENOTCONN, yet accept() returned its
+    address: the kernel still has it, and SO_PEERNAME (unlike getpeername)
+    reads it whatever the connection's state. The option wants a buffer no
+    larger than the address itself. None when there is no peer."""
+    cdef sockaddr_storage ss
+    cdef socklen_t n
+    try:
+        return sock.getpeername()
+    except OSError:
+        pass
+    if sock.family == AF_INET:
+        n = sizeof(sockaddr_in)
+    elif sock.family == AF_INET6:
+        n = sizeof(sockaddr_in6)
+    else:
+        return None
+    memset(&ss, 0, sizeof(ss))
+    if getsockopt(sock.fileno(), SOL_SOCKET, SO_PEERNAME, &ss, &n) < 0:
+        return None
+    return sockaddr_to_py(<sockaddr *>&ss, n)

@@ -78,6 +78,7 @@ cdef extern from "<sys/socket.h>" nogil:
         SHUT_WR
         SOL_SOCKET
         SO_ERROR
+        SO_PEERNAME
         SO_DOMAIN
 
     struct cmsghdr:

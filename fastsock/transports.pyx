@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import socket
+import sys
 
 from asyncio import constants, futures, protocols, trsock
 from asyncio import base_events
@@ -27,12 +28,34 @@ from fastsock.driver cimport *
 from fastsock.system cimport *
 from fastsock.loop cimport CoreLoop
 from fastsock.sockaddr cimport sockaddr_to_py
+from fastsock.sockaddr import peer_address
 
 logger = logging.getLogger('asyncio')
 
 cdef object BufferedProtocol = protocols.BufferedProtocol
 cdef object TransportSocket = trsock.TransportSocket
 cdef object set_result_unless_cancelled = futures._set_result_unless_cancelled
+
+
+# asyncio.Server counts the connections it serves, to tell wait_closed()
+# when the last one is gone. Python 3.13 keeps the transports themselves in a
+# weak set instead, for Server.close_clients()/abort_clients() (gh-113538), so
+# _attach()/_detach() take the transport there and nothing before.
+cdef bint SERVER_KEEPS_TRANSPORTS = sys.version_info >= (3, 13)
+
+
+cdef server_attach(object server, object transport):
+    if SERVER_KEEPS_TRANSPORTS:
+        server._attach(transport)
+    else:
+        server._attach()
+
+
+cdef server_detach(object server, object transport):
+    if SERVER_KEEPS_TRANSPORTS:
+        server._detach(transport)
+    else:
+        server._detach()
 
 
 cdef object errno_error(int err):
@@ -55,17 +78,21 @@ cdef class BaseTransport(Endpoint):
         except OSError:
             self.extra['sockname'] = None
         if 'peername' not in self.extra:
-            try:
-                self.extra['peername'] = sock.getpeername()
-            except OSError:
-                self.extra['peername'] = None
-        self.server = server
+            self.extra['peername'] = peer_address(sock)
         self.high_water = 64 * 1024
         self.low_water = 16 * 1024
         self.set_protocol(protocol)
-        loop.driver.add(self)
+        # Either both the server and the driver know this transport, or
+        # neither does: a failure here leaves the socket to the caller.
         if server is not None:
-            server._attach()
+            server_attach(server, self)
+        try:
+            loop.driver.add(self)
+        except BaseException:
+            if server is not None:
+                server_detach(server, self)
+            raise
+        self.server = server
         return 0
 
     cdef int start(self, object waiter) except -1:
@@ -275,8 +302,8 @@ cdef class BaseTransport(Endpoint):
             self.protocol = None
             server = self.server
             if server is not None:
-                server._detach()
                 self.server = None
+                server_detach(server, self)
 
 
 # Writes of immutable bytes at least this large go out without a copy
@@ -967,6 +994,7 @@ cdef class Listener(Endpoint):
         # nothing. SOCK_NONBLOCK tells it the fd is nonblocking already.
         conn = socket.socket(self.family, self.type | socket.SOCK_NONBLOCK,
                              self.proto, fd)
+        protocol = None
         try:
             protocol = self.protocol_factory()
             if self.sslcontext is not None:
@@ -982,15 +1010,19 @@ cdef class Listener(Endpoint):
             conn.close()
             raise
         except BaseException as exc:
+            # No transport took the socket: it is still ours to close.
             conn.close()
-            # asyncio reports this only in debug mode; the connection is
-            # dropped either way.
-            if self.loop.debug:
-                self.loop.call_exception_handler({
-                    'message': 'Error on transport creation for incoming '
-                               'connection',
-                    'exception': exc,
-                })
+            # asyncio reports this only in debug mode, which is how a
+            # server that drops every connection can stay silent; the
+            # connection is dropped either way, the reason is always told.
+            context = {
+                'message': 'Error on transport creation for incoming '
+                           'connection',
+                'exception': exc,
+            }
+            if protocol is not None:
+                context['protocol'] = protocol
+            self.loop.call_exception_handler(context)
         return 0
 
     cdef int on_accept_error(self, int err) except -1:

@@ -903,13 +903,19 @@ cdef class UringDriver(Driver):
                 if not flags & IORING_CQE_F_MORE and not self.closed:
                     self.arm_wake()
             return 0
+        # user_data holds the SQE's reference to its owner (an Endpoint, a
+        # Request or a ZcHold), which the handler drops on the final CQE,
+        # and the handler may drop every other one (a cancelled caller's
+        # Request is held by nothing else): this local reference keeps the
+        # owner alive until its handler has returned.
+        cdef object owner = <object>ptr
         if op == OP_SEND_ZC:
-            return self.send_zc_done(<ZcHold>ptr, res, flags)
+            return self.send_zc_done(<ZcHold>owner, res, flags)
         if op == OP_REQUEST:
-            if (<Request>ptr).ep is not None:
-                return self.datagram_done(<Request>ptr, res)
-            return self.request_done(<Request>ptr, res)
-        ep = <Endpoint>ptr
+            if (<Request>owner).ep is not None:
+                return self.datagram_done(<Request>owner, res)
+            return self.request_done(<Request>owner, res)
+        ep = <Endpoint>owner
         try:
             if op == OP_RECV:
                 if ep.flags & EP_MULTISHOT_DGRAM:

@@ -12,6 +12,18 @@ import tempfile
 BACKENDS = ["asyncio", "epoll", "uring"]
 
 
+def stock_asyncio_differs(request, since, reason):
+    """Mark the running test as expected to fail on stock asyncio from
+    Python `since` on, where CPython changed the behaviour the test checks
+    (fastsock keeps it on every version): `reason` names the change. Strict:
+    should CPython change back, the mark must go."""
+    import pytest
+    import sys
+    if (request.node.callspec.params.get("loop") == "asyncio"
+            and sys.version_info >= since):
+        request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
 def run_coro(loop, coro, timeout=10.0):
     """Run ``coro`` on ``loop`` and fail with TimeoutError after ``timeout``."""
     return loop.run_until_complete(asyncio.wait_for(coro, timeout))

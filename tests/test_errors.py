@@ -199,3 +199,56 @@ def test_server_close_while_clients_connecting(loop, run):
             await asyncio.sleep(0)
 
     run(main())
+
+
+class _FactoryFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("debug", [True, False], ids=["debug", "nodebug"])
+def test_failed_connection_setup_is_reported(loop, run, backend_name, debug):
+    """A protocol factory that raises: the accepted connection is dropped
+    and the error reaches the loop's exception handler with asyncio's
+    message. asyncio reports it only in debug mode; fastsock always does
+    (a server that drops every connection must not do so silently)."""
+    if backend_name == "asyncio" and not debug:
+        pytest.skip("stock asyncio reports setup errors in debug mode only")
+    calls = []
+
+    def factory():
+        calls.append(1)
+        if len(calls) == 1:
+            raise _FactoryFailed("no protocol for you")
+        return EchoProtocol()
+
+    async def main():
+        loop.set_debug(debug)
+        contexts = []
+        loop.set_exception_handler(lambda lp, ctx: contexts.append(ctx))
+        server = await loop.create_server(factory, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        try:
+            for attempt in range(2):
+                c = socket.socket()
+                c.setblocking(False)
+                with c:
+                    await loop.sock_connect(c, addr)
+                    await loop.sock_sendall(c, b"ping")
+                    if attempt == 1:
+                        assert await _client_result(loop, c) == "echo"
+                        continue
+                    while not contexts:
+                        await asyncio.sleep(0.01)
+                    if backend_name != "asyncio":
+                        # asyncio leaves the socket to the garbage collector
+                        assert await _client_result(loop, c) == "closed"
+        finally:
+            server.close()
+            await server.wait_closed()
+        (ctx,) = [c for c in contexts
+                  if isinstance(c.get("exception"), _FactoryFailed)]
+        assert ctx["message"] == ("Error on transport creation for incoming "
+                                  "connection")
+        contexts.clear()        # its traceback holds asyncio's socket
+
+    run(main())

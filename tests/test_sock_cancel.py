@@ -265,3 +265,140 @@ def test_request_misuse_is_refused():
         driver.new_request(driver.RECV, 0, b"read-only", True)
     with pytest.raises(TypeError):
         driver.Request()
+
+
+# Run in a child process: a completion that touches freed memory crashes it.
+# PYTHONMALLOC=debug fills freed memory with a poison pattern, so such a
+# mistake crashes on every Python, not only where the allocator happens to
+# reuse the block at once (3.12's did).
+_CANCEL_EVERY_REQUEST = r'''
+import asyncio, gc, socket, sys
+import fastsock
+
+def pair(kind=socket.SOCK_STREAM):
+    a, b = socket.socketpair(socket.AF_UNIX, kind)
+    a.setblocking(False); b.setblocking(False)
+    return a, b
+
+async def started_then_cancelled(coro, before_cancel=None):
+    task = asyncio.ensure_future(coro)
+    await asyncio.sleep(0)              # submitted to the kernel
+    if before_cancel is not None:
+        before_cancel()                 # the kernel may complete it now
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    del task
+    churn = [bytearray(4096) for _ in range(256)]   # reuse freed blocks
+    for _ in range(5):
+        await asyncio.sleep(0.002)      # the -ECANCELED CQEs arrive
+    del churn
+
+async def main(loop):
+    a, b = pair()
+    d1, d2 = pair(socket.SOCK_DGRAM)
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+    srv.setblocking(False)
+    full, sink = pair()
+    full.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    while True:
+        try:
+            full.send(b"x" * 4096)
+        except BlockingIOError:
+            break
+    for order in ("cancel-first", "completion-first"):
+        go = (lambda: b.send(b"data")) if order == "completion-first" else None
+        await started_then_cancelled(loop.sock_recv(a, 100), go)
+        await started_then_cancelled(loop.sock_recv_into(a, bytearray(100)), go)
+        dgo = (lambda: d2.send(b"dgram")) if order == "completion-first" else None
+        await started_then_cancelled(loop.sock_recvfrom(d1, 100), dgo)
+        await started_then_cancelled(loop.sock_recvfrom_into(d1, bytearray(100)), dgo)
+        cgo = ((lambda: socket.create_connection(srv.getsockname()).close())
+               if order == "completion-first" else None)
+        await started_then_cancelled(loop.sock_accept(srv), cgo)
+        await started_then_cancelled(loop.sock_sendall(full, bytearray(1 << 20)))
+        c = socket.socket(); c.setblocking(False)
+        await started_then_cancelled(loop.sock_connect(c, srv.getsockname()))
+        c.close()
+    # ... and a loop closed with requests still in the kernel
+    global pending
+    pending = [loop.create_task(loop.sock_recv(a, 10)),
+               loop.create_task(loop.sock_accept(srv)),
+               loop.create_task(loop.sock_sendall(full, bytearray(1 << 20)))]
+    await asyncio.sleep(0.01)
+    return [a, b, d1, d2, srv, full, sink]
+
+# Collect cycles at nearly every allocation: a cancelled caller's request
+# is often kept only by a cycle (its coroutine's frame, through the
+# CancelledError's traceback) once the driver lets go of it.
+gc.set_threshold(1, 1, 1)
+async def dropped_requests(loop):
+    # The driver contract underneath sock_* on io_uring: a request the
+    # caller cancelled and let go of entirely is held only by the driver
+    # until its CQE arrives, and that CQE's handler runs on live memory.
+    from fastsock import driver
+    results = []
+    a, b = pair()
+    d1, d2 = pair(socket.SOCK_DGRAM)
+    srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(4)
+    srv.setblocking(False)
+    full, sink = pair()
+    while True:
+        try:
+            full.send(b"x" * 65536)
+        except BlockingIOError:
+            break
+    c = socket.socket(); c.setblocking(False)
+    requests = [
+        driver.new_request(driver.RECV, a.fileno(), bytearray(64), True),
+        driver.new_request(driver.RECVMSG, d1.fileno(), bytearray(64), True),
+        driver.new_request(driver.ACCEPT, srv.fileno()),
+        driver.new_request(driver.SEND, full.fileno(), bytearray(1 << 20)),
+        driver.new_request(driver.SENDMSG, full.fileno(), bytearray(1 << 20)),
+        driver.new_request(driver.CONNECT, c.fileno(), None, False,
+                           socket.AF_INET, srv.getsockname()),
+    ]
+    for req in requests:
+        loop.driver.submit_request(req, lambda req, res: results.append(res))
+        loop.driver.cancel_request(req)
+    del req, requests
+    churn = [bytearray(4096) for _ in range(256)]
+    while len(results) < 6:
+        await asyncio.sleep(0.002)
+    del churn
+    for s in (a, b, d1, d2, srv, full, sink, c):
+        s.close()
+
+backend = sys.argv[1]
+loop = asyncio.new_event_loop() if backend == "asyncio" else \
+    fastsock.new_event_loop(backend)
+if backend == "uring":
+    loop.run_until_complete(dropped_requests(loop))
+socks = loop.run_until_complete(main(loop))
+loop.close()
+del pending
+gc.collect()
+for s in socks:
+    s.close()
+print("ok")
+'''
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "epoll", "uring"])
+def test_completions_after_cancel_touch_only_live_memory(backend):
+    """Every sock_* request type, cancelled before and after the kernel
+    completed it, and left in flight when the loop closes: its completion
+    runs on memory it still holds (a child under PYTHONMALLOC=debug)."""
+    import os
+    import subprocess
+    import sys
+    if backend != "asyncio":
+        pytest.importorskip("fastsock")
+    env = dict(os.environ, PYTHONMALLOC="debug", PYTHONFAULTHANDLER="1")
+    proc = subprocess.run([sys.executable, "-c", _CANCEL_EVERY_REQUEST,
+                           backend], capture_output=True, text=True,
+                          timeout=60, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"

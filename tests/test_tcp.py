@@ -1,6 +1,7 @@
 """create_connection / create_server / connect_accepted_socket over TCP."""
 
 import asyncio
+import sys
 import errno
 import socket
 
@@ -214,13 +215,19 @@ def test_server_close_keeps_existing_connections(loop, run):
         port = server.sockets[0].getsockname()[1]
         tr, proto = await loop.create_connection(RecordingProtocol,
                                                  "127.0.0.1", port)
+        closed = None
         try:
             tr.write(b"one")
             await proto.wait_data(3)
             server.close()
             assert not server.is_serving()
             server.close()  # idempotent
-            await server.wait_closed()
+            closed = asyncio.ensure_future(server.wait_closed())
+            await asyncio.sleep(0.05)
+            if sys.version_info >= (3, 12, 1):
+                # wait_closed() waits for the connections as well (gh-104344;
+                # 3.11 returned once the listening sockets were closed).
+                assert not closed.done()
             tr.write(b"two")
             assert await proto.wait_data(6) == b"onetwo"
             with pytest.raises(ConnectionRefusedError):
@@ -229,7 +236,9 @@ def test_server_close_keeps_existing_connections(loop, run):
         finally:
             tr.close()
             await proto.lost
-            await asyncio.sleep(0)
+            if closed is not None:
+                # the server side saw EOF and closed: the last connection
+                await asyncio.wait_for(closed, 5)
 
     run(main())
 

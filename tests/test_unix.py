@@ -5,6 +5,7 @@ import errno
 import os
 import pathlib
 import socket
+import sys
 import stat
 
 import pytest
@@ -53,6 +54,33 @@ def test_unix_server_path(loop, run, sock_path, as_pathlib):
             assert await unix_roundtrip(loop, path) == b"ping"
         finally:
             await close_server(server)
+
+    run(main())
+
+
+def test_unix_server_socket_file_on_close(loop, run, sock_path):
+    """From Python 3.13, closing the server removes the file it bound
+    (create_unix_server(cleanup_socket=True), the default, gh-111246), but
+    not a file another server has bound since; before 3.13 it stays."""
+    cleans_up = sys.version_info >= (3, 13)
+
+    async def main():
+        server = await loop.create_unix_server(EchoProtocol, sock_path)
+        await close_server(server)
+        assert os.path.exists(sock_path) != cleans_up
+        if not cleans_up:
+            return
+        server = await loop.create_unix_server(EchoProtocol, sock_path,
+                                               cleanup_socket=False)
+        await close_server(server)
+        assert os.path.exists(sock_path)
+        # A second server took the path over: the first one leaves it.
+        first = await loop.create_unix_server(EchoProtocol, sock_path)
+        second = await loop.create_unix_server(EchoProtocol, sock_path)
+        await close_server(first)
+        assert await unix_roundtrip(loop, sock_path) == b"ping"
+        await close_server(second)
+        assert not os.path.exists(sock_path)
 
     run(main())
 
