@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 
-from asyncio import constants, futures, protocols, trsock
+from asyncio import constants, futures, protocols, transports, trsock
 from asyncio import base_events
 
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
@@ -355,10 +355,37 @@ def _fail_unless_cancelled(fut, exc):
         fut.set_exception(exc)
 
 
+# isinstance(t, asyncio.Transport) must hold for fastsock's transports:
+# CPython's tests assert it, and libraries check transports that way. A
+# Cython class cannot derive from asyncio's pure-Python transport classes
+# (their __slots__ give them an instance layout of their own), so each
+# transport class names, as its instances' __class__, a Python subclass of
+# the asyncio class it implements. isinstance() consults __class__ when the
+# type itself does not match (the mechanism unittest.mock's spec objects
+# use); type(t) still gives the Cython class, and nothing on the hot path
+# looks at either.
+class AsyncioStreamTransport(transports.Transport):
+    """What isinstance() sees of a fastsock StreamTransport (its
+    __class__): an asyncio.Transport."""
+    __slots__ = ()
+
+
+class AsyncioDatagramTransport(transports.Transport,
+                               transports.DatagramTransport):
+    """What isinstance() sees of a fastsock DatagramTransport (its
+    __class__): an asyncio.DatagramTransport, and an asyncio.Transport as
+    asyncio's own datagram transports are."""
+    __slots__ = ()
+
+
 cdef class StreamTransport(BaseTransport):
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
+
+    @property
+    def __class__(self):
+        return AsyncioStreamTransport
 
     @staticmethod
     cdef StreamTransport new(CoreLoop loop, object sock, object protocol,
@@ -798,6 +825,10 @@ cdef class StreamTransport(BaseTransport):
 
 
 cdef class DatagramTransport(BaseTransport):
+
+    @property
+    def __class__(self):
+        return AsyncioDatagramTransport
 
     @staticmethod
     cdef DatagramTransport new(CoreLoop loop, object sock, object protocol,

@@ -12,15 +12,19 @@ import tempfile
 BACKENDS = ["asyncio", "epoll", "uring"]
 
 
-def stock_asyncio_differs(request, since, reason):
-    """Mark the running test as expected to fail on stock asyncio from
-    Python `since` on, where CPython changed the behaviour the test checks
-    (fastsock keeps it on every version): `reason` names the change. Strict:
-    should CPython change back, the mark must go."""
+def stock_asyncio_differs(request, reason, since=None, before=None):
+    """Mark the running test as expected to fail on stock asyncio on the
+    Pythons where CPython behaves otherwise than the test checks: from
+    `since` on (CPython changed it; fastsock keeps it), or `before` a
+    version (CPython had a bug, fixed then; fastsock follows the fix).
+    `reason` names the change. Strict: once the reference agrees, the mark
+    must go."""
     import pytest
     import sys
-    if (request.node.callspec.params.get("loop") == "asyncio"
-            and sys.version_info >= since):
+    if request.node.callspec.params.get("loop") != "asyncio":
+        return
+    if ((since is not None and sys.version_info >= since)
+            or (before is not None and sys.version_info < before)):
         request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 
 

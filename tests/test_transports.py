@@ -67,10 +67,10 @@ def test_write_rejects_non_bytes(loop, run, kind):
 
 def test_mutable_buffer_may_be_reused_after_write(loop, run, kind, request):
     """asyncio semantics: write() copies what it cannot send at once."""
-    stock_asyncio_differs(request, (3, 12),
-                          "CPython 3.12's selector transport keeps a reference to a "
-                          "bytearray it could not send at once instead of a "
-                          "copy (gh-91166, zero-copy writes with sendmsg)")
+    stock_asyncio_differs(request, since=(3, 12), reason=(
+        "CPython 3.12's selector transport keeps a reference to a bytearray "
+        "it could not send at once instead of a copy (gh-91166, zero-copy "
+        "writes with sendmsg)"))
     async def main():
         async with StreamPair(loop, kind) as p:
             p.server_proto.transport.pause_reading()
@@ -628,3 +628,20 @@ def test_many_concurrent_connections(loop, run, kind):
             await asyncio.sleep(0)
 
     run(main(), timeout=50)
+
+
+def test_transports_are_asyncio_transports(loop, run, kind):
+    """isinstance() against asyncio's transport classes holds for stream
+    transports on both ends (as for asyncio's own), and nothing else of
+    the kind is claimed."""
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            for tr in (p.client.transport, p.server_proto.transport):
+                for cls in (asyncio.BaseTransport, asyncio.ReadTransport,
+                            asyncio.WriteTransport, asyncio.Transport):
+                    assert isinstance(tr, cls), (tr, cls)
+                assert not isinstance(tr, asyncio.DatagramTransport)
+                assert not isinstance(tr, asyncio.SubprocessTransport)
+                assert issubclass(tr.__class__, asyncio.Transport)
+
+    run(main())

@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from _helpers import HAS_IPV6, abstract_name
+from _helpers import HAS_IPV6, abstract_name, stock_asyncio_differs
 
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
 
@@ -541,6 +541,26 @@ def test_udp_largest_datagram_is_not_truncated(loop, run):
                 tx.sendto(big, tr.get_extra_info("sockname"))
                 got = await proto.wait_datagrams(1)
                 assert got[0][0] == big
+        finally:
+            await close_tr(tr, proto)
+
+    run(main())
+
+
+def test_datagram_transport_is_an_asyncio_datagram_transport(loop, run,
+                                                           request):
+    stock_asyncio_differs(request, before=(3, 12), reason=(
+        "CPython 3.11's datagram transport does not derive from "
+        "asyncio.DatagramTransport (gh-90352, fixed in 3.12)"))
+
+    async def main():
+        tr, proto = await udp_endpoint(loop)
+        try:
+            # asyncio's own datagram transports are asyncio.Transports too
+            for cls in (asyncio.BaseTransport, asyncio.DatagramTransport,
+                        asyncio.Transport):
+                assert isinstance(tr, cls), cls
+            assert not isinstance(tr, asyncio.SubprocessTransport)
         finally:
             await close_tr(tr, proto)
 

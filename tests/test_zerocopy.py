@@ -68,10 +68,10 @@ def test_temporary_bytes_integrity(loop, run, kind):
 def test_bytearray_overwritten_after_write(loop, run, kind, request):
     """asyncio semantics: the caller may reuse a bytearray once write()
     returns, however large it is."""
-    stock_asyncio_differs(request, (3, 12),
-                          "CPython 3.12's selector transport keeps a reference to a "
-                          "bytearray it could not send at once instead of a "
-                          "copy (gh-91166, zero-copy writes with sendmsg)")
+    stock_asyncio_differs(request, since=(3, 12), reason=(
+        "CPython 3.12's selector transport keeps a reference to a bytearray "
+        "it could not send at once instead of a copy (gh-91166, zero-copy "
+        "writes with sendmsg)"))
     buf = bytearray(payload(4 * MiB, seed=3))
     want = sha(bytes(buf))
 
