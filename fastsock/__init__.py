@@ -67,9 +67,9 @@ def _resolve(backend):
 def new_event_loop(backend="auto"):
     """A new asyncio event loop on `backend`: "epoll", "uring" or "auto"
     (io_uring where it works, else epoll)."""
-    from fastsock.eventloop import Loop
+    from fastsock.eventloop import LOOP_CLASSES
     name = _resolve(backend)
-    return Loop(_driver_factory(name), name)
+    return LOOP_CLASSES[name](_driver_factory(name), name)
 
 
 def __getattr__(name):

@@ -11,7 +11,7 @@
 # back on_released(): by then no kernel operation refers to the fd or to
 # memory inside the Endpoint.
 
-from libc.stdint cimport uint32_t
+from libc.stdint cimport uint32_t, uint64_t
 from fastsock.system cimport iovec, msghdr, sockaddr, socklen_t, sockaddr_storage
 
 cdef enum:
@@ -93,6 +93,7 @@ cdef class Endpoint:
         int kind
         uint32_t flags
         uint32_t armed          # driver's private record of what is armed
+        uint64_t key            # epoll: the name the kernel knows it by
         int inflight            # io_uring: operations whose CQE is due
         Driver driver
         # Memory a gathered send points at. It lives in the Endpoint so that

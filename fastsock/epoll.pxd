@@ -1,3 +1,4 @@
+from libc.stdint cimport uint32_t, uint64_t
 from fastsock.driver cimport Driver, Endpoint, Request
 from fastsock.system cimport epoll_event
 
@@ -8,8 +9,13 @@ cdef class EpollDriver(Driver):
     cdef:
         int epfd
         int wakefd              # eventfd that call_soon_threadsafe writes
-        list graveyard          # released during a batch: freed after it
+        # The kernel knows an endpoint by a key (slot | generation << 32),
+        # never by its address: see register().
+        list slots              # slot -> registered Endpoint, or None
+        list free_slots
+        uint32_t generation
         list pending            # endpoints owed another read/accept round
+        list rearm              # one-shot watchers to re-arm before waiting
         set zc_waiting          # released, zero-copy notices still due
         char *rbuf
         Py_ssize_t rbuf_size
@@ -19,6 +25,8 @@ cdef class EpollDriver(Driver):
     cdef EpollDriver new(object loop)
 
     cdef int ctl(self, int op, Endpoint ep, unsigned int events) except -1
+    cdef Endpoint lookup(self, uint64_t key)
+    cdef int unregister(self, Endpoint ep) except -1
     cdef int register(self, Endpoint ep) except -1
     cdef int set_out(self, Endpoint ep, bint on) except -1
     cdef int handle(self, Endpoint ep, unsigned int ev) except -1

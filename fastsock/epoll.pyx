@@ -40,8 +40,10 @@ cdef class EpollDriver(Driver):
         self.name = "epoll"
         self.loop = loop
         self.endpoints = {}
-        self.graveyard = []
+        self.slots = [None]         # slot 0: the wakeup eventfd (key 0)
+        self.free_slots = []
         self.pending = []
+        self.rearm = []
         self.zc_waiting = set()
         self.epfd = self.wakefd = self.reserve_fd = -1
         self.rbuf_size = READ_BUFFER_SIZE
@@ -57,7 +59,7 @@ cdef class EpollDriver(Driver):
             self.close()
             raise OSError(errno, "eventfd failed")
         ev.events = EPOLLIN | EPOLLET
-        ev.data.ptr = NULL          # NULL marks the wakeup eventfd
+        ev.data.u64 = 0             # key 0 marks the wakeup eventfd
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.wakefd, &ev) < 0:
             self.close()
             raise OSError(errno, "epoll_ctl failed")
@@ -90,7 +92,9 @@ cdef class EpollDriver(Driver):
         self.zc_waiting.clear()
         self.endpoints.clear()
         self.pending.clear()
-        self.graveyard.clear()
+        self.rearm.clear()
+        self.slots = [None]
+        self.free_slots.clear()
         return 0
 
     cdef void wakeup(self) nogil:
@@ -103,7 +107,7 @@ cdef class EpollDriver(Driver):
     cdef int ctl(self, int op, Endpoint ep, unsigned int events) except -1:
         cdef epoll_event ev
         ev.events = events
-        ev.data.ptr = <void *>ep
+        ev.data.u64 = ep.key
         if epoll_ctl(self.epfd, op, ep.fd, &ev) < 0:
             if op == EPOLL_CTL_MOD and errno == ENOENT:
                 # The owner closed the fd behind our back and it was
@@ -114,14 +118,59 @@ cdef class EpollDriver(Driver):
         return 0
 
     cdef int register(self, Endpoint ep) except -1:
+        # A registration names the endpoint by a key the driver looks up,
+        # not by its address: the kernel may keep a registration after its
+        # fd was closed (another descriptor still holds the file: a dup(),
+        # a forked child) and then EPOLL_CTL_DEL cannot remove it. Such a
+        # stale registration's events carry a key that no longer matches
+        # and are ignored; a freed object is never looked at.
         cdef unsigned int events
+        cdef Py_ssize_t slot
         if ep.kind == KIND_WATCHER:
             events = 0                      # watch() sets interest
         elif ep.kind == KIND_LISTENER:
             events = EPOLLIN | EPOLLET
         else:
             events = STREAM_EVENTS
-        return self.ctl(EPOLL_CTL_ADD, ep, events)
+        if self.free_slots:
+            slot = self.free_slots.pop()
+        else:
+            slot = len(self.slots)
+            self.slots.append(None)
+        self.generation += 1
+        if self.generation == 0:
+            self.generation = 1             # key 0 is the wakeup's
+        ep.key = (<uint64_t>self.generation << 32) | <uint64_t>slot
+        self.slots[slot] = ep
+        try:
+            return self.ctl(EPOLL_CTL_ADD, ep, events)
+        except BaseException:
+            self.unregister(ep)
+            raise
+
+    cdef int unregister(self, Endpoint ep) except -1:
+        # Remove the kernel's registration if the fd still names it; either
+        # way the key stops naming ep.
+        cdef epoll_event ev
+        cdef Py_ssize_t slot = <Py_ssize_t>(ep.key & 0xffffffff)
+        if ep.key == 0:
+            return 0
+        epoll_ctl(self.epfd, EPOLL_CTL_DEL, ep.fd, &ev)
+        if slot < len(self.slots) and self.slots[slot] is ep:
+            self.slots[slot] = None
+            self.free_slots.append(slot)
+        ep.key = 0
+        return 0
+
+    cdef Endpoint lookup(self, uint64_t key):
+        cdef Py_ssize_t slot = <Py_ssize_t>(key & 0xffffffff)
+        cdef Endpoint ep
+        if slot >= len(self.slots):
+            return None
+        ep = self.slots[slot]
+        if ep is None or ep.key != key:
+            return None             # a stale registration's event
+        return ep
 
     cdef int start_reading(self, Endpoint ep) except -1:
         if ep.flags & (EP_READING | EP_RELEASING):
@@ -158,12 +207,16 @@ cdef class EpollDriver(Driver):
         if ep.flags & EP_RELEASING:
             return 0
         if ep.kind == KIND_WATCHER:
-            # Level-triggered like selectors: a callback that reads only
-            # part of the data is called again.
+            # Level-triggered like selectors (a callback that reads only
+            # part of the data is called again), built from one-shot
+            # registrations re-armed after the callbacks ran (poll()): a
+            # registration that outlived its fd fires at most once.
             if events & POLLIN:
                 want |= EPOLLIN
             if events & POLLOUT:
                 want |= EPOLLOUT
+            if want:
+                want |= EPOLLONESHOT
             if want != ep.armed:
                 self.ctl(EPOLL_CTL_MOD, ep, want)
             return 0
@@ -297,17 +350,30 @@ cdef class EpollDriver(Driver):
 
     cdef int release_zc(self, Endpoint ep, unsigned int lo, unsigned int hi,
                         bint copied) except -1:
-        # Notices cover the ranges [lo, hi] of sequence numbers, in order.
+        # A notice covers the sequence numbers [lo, hi] (32-bit, wrapping).
+        # Notices usually come in order, but not always (after a reset this
+        # kernel reported [1..4] before [0]): release whatever falls in the
+        # range, wherever it sits.
         cdef unsigned int seq
         cdef int count = 0
+        cdef object keep = None
         while ep.zc_hold:
             seq = ep.zc_hold[0][0]
             if <unsigned int>(seq - lo) > <unsigned int>(hi - lo):
                 break
             ep.zc_hold.popleft()
-            ep.zc_pending -= 1
-            ep.inflight -= 1
             count += 1
+        if ep.zc_hold:
+            keep = collections.deque()
+            for entry in ep.zc_hold:
+                seq = entry[0]
+                if <unsigned int>(seq - lo) > <unsigned int>(hi - lo):
+                    keep.append(entry)
+                else:
+                    count += 1
+            ep.zc_hold = keep
+        ep.zc_pending -= count
+        ep.inflight -= count
         if copied:
             ep.zc_copied += count
             self.zc_copied += count
@@ -315,10 +381,8 @@ cdef class EpollDriver(Driver):
         return 0
 
     cdef int finish_release(self, Endpoint ep) except -1:
-        cdef epoll_event ev
-        epoll_ctl(self.epfd, EPOLL_CTL_DEL, ep.fd, &ev)
+        self.unregister(ep)
         self.zc_waiting.discard(ep)
-        self.graveyard.append(ep)
         ep.flags |= EP_RELEASED
         return ep.on_released()
 
@@ -334,20 +398,28 @@ cdef class EpollDriver(Driver):
             return ep.on_released()
         if self.endpoints.get(ep.fd) is ep:
             del self.endpoints[ep.fd]
+        if ep.zc_hold and ep.flags & EP_ABORTIVE:
+            # Aborted (or failed) with zero-copy sends unreported: reset the
+            # stream so the kernel drops its queue and reports now, and do
+            # not wait for notices that a dead socket may never send. What
+            # the kernel still holds, it holds by page references of its
+            # own: the objects may go, what is sent no longer matters.
+            self.reset_stream(ep)
+            self.read_zc_notices(ep)        # may finish the release itself
+            if ep.flags & EP_RELEASED:
+                return 0
+            ep.zc_hold = None
+            ep.inflight -= ep.zc_pending
+            ep.zc_pending = 0
         if ep.zc_hold:
-            # The kernel still reads pinned pages of zero-copy sends: keep
-            # the fd (and the objects) until the error queue releases them;
-            # only EPOLLERR is wanted now. After an abort, reset the stream
-            # so that happens now rather than after the peer acks.
+            # A graceful close: the peer still receives what pinned pages of
+            # zero-copy sends hold, so keep the fd and the objects until the
+            # error queue releases them; only EPOLLERR is wanted now.
             self.zc_waiting.add(ep)
             self.ctl(EPOLL_CTL_MOD, ep, EPOLLET)
-            if ep.flags & EP_ABORTIVE:
-                self.reset_stream(ep)
-                self.read_zc_notices(ep)
             return 0
-        epoll_ctl(self.epfd, EPOLL_CTL_DEL, ep.fd, &ev)
-        # Events for it may still sit in the current batch.
-        self.graveyard.append(ep)
+        # Events for it still in the current batch no longer find it.
+        self.unregister(ep)
         ep.flags |= EP_RELEASED
         return ep.on_released()
 
@@ -355,10 +427,18 @@ cdef class EpollDriver(Driver):
 
     cdef int poll(self, long timeout_ms) except -1:
         cdef int n, i
-        cdef uint64_t drained
+        cdef uint64_t drained, key
         cdef Endpoint ep
+        cdef list rearm
         if self.pending:
             timeout_ms = 0
+        if self.rearm:
+            # One-shot watchers whose callbacks have run: still ready means
+            # another event, as level-triggered.
+            rearm, self.rearm = self.rearm, []
+            for ep in rearm:
+                if ep.key and ep.armed and not ep.flags & EP_RELEASING:
+                    self.ctl(EPOLL_CTL_MOD, ep, ep.armed)
         with nogil:
             n = epoll_wait(self.epfd, self.events, EPOLL_MAX_EVENTS,
                            <int>timeout_ms)
@@ -371,10 +451,13 @@ cdef class EpollDriver(Driver):
             else:
                 raise OSError(errno, "epoll_wait failed")
         for i in range(n):
-            if self.events[i].data.ptr == NULL:
+            key = self.events[i].data.u64
+            if key == 0:
                 read(self.wakefd, &drained, 8)
                 continue
-            ep = <Endpoint>self.events[i].data.ptr
+            ep = self.lookup(key)
+            if ep is None:
+                continue
             if ep.flags & EP_RELEASING:
                 if ep.flags & EP_RELEASED or not ep.zc_hold:
                     continue
@@ -391,8 +474,6 @@ cdef class EpollDriver(Driver):
                 self.dispatch_error(exc)
         if self.pending:
             self.run_pending()
-        if self.graveyard:
-            self.graveyard = []
         return self.check_pending()
 
     cdef int run_pending(self) except -1:
@@ -434,6 +515,7 @@ cdef class EpollDriver(Driver):
             if ep.flags & EP_READING and not ep.flags & EP_PENDING:
                 self.read_datagrams(ep)
         else:
+            self.rearm.append(ep)           # one-shot: see watch()
             ep.on_ready(ev)
         return 0
 

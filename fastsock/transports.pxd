@@ -19,6 +19,7 @@ cdef class BaseTransport(Endpoint):
         Py_ssize_t high_water
         Py_ssize_t low_water
         object lost_exc
+        object leftovers            # sock_methods.Leftovers, or None
         object __weakref__
 
     cdef int setup(self, CoreLoop loop, object sock, object protocol,
@@ -28,6 +29,9 @@ cdef class BaseTransport(Endpoint):
     cdef bint has_backlog(self)
     cdef int drop_backlog(self) except -1
     cdef int begin_release(self, object exc) except -1
+    cdef int read_start(self) except -1
+    cdef int feed_leftover(self, object item, object addr) except -1
+    cdef int callback_failed(self, object exc, str callback) except -1
     cdef int fatal_error(self, object exc, str message) except -1
     cdef int force_close(self, object exc) except -1
     cdef int maybe_pause_protocol(self) except -1
@@ -98,6 +102,7 @@ cdef class DatagramTransport(BaseTransport):
     cdef DatagramTransport new(CoreLoop loop, object sock, object protocol,
                                object address, object waiter, object extra)
     cdef int send_through_socket(self, object data, object addr) except -1
+    cdef int report_error(self, object exc) except -1
 
 
 cdef class FileSender(Endpoint):
@@ -122,3 +127,4 @@ cdef class Listener(Endpoint):
         int family
         int type
         int proto
+        object leftovers            # sock_methods.Leftovers, or None

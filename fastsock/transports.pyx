@@ -112,7 +112,37 @@ cdef class BaseTransport(Endpoint):
         if wait:
             self.loop.soon(self._start_reading, (False,), None)
         elif self.is_reading():
-            self.loop.driver.start_reading(self)
+            self.read_start()
+
+    cdef int read_start(self) except -1:
+        # Begin or resume reading. What cancelled sock_* calls left on the
+        # socket (sock_methods.Leftovers) comes first, in order, and the
+        # driver reads only once every cancelled request is in.
+        cdef object lo = self.leftovers
+        if lo is None:
+            return self.loop.driver.start_reading(self)
+        while lo.items and self.is_reading():
+            item, addr = lo.items.popleft()
+            self.feed_leftover(item, addr)
+        if not self.is_reading():
+            return 0                    # resume_reading() comes back here
+        if lo.unsettled:
+            lo.on_settled = self._leftovers_settled
+            return 0
+        self.leftovers = None
+        return self.loop.driver.start_reading(self)
+
+    def _leftovers_settled(self):
+        if self.leftovers is not None and self.is_reading():
+            self.read_start()
+
+    def _adopt_leftovers(self, leftovers):
+        # Set by the loop right after it made this transport from a socket
+        # that sock_* calls used (before reading starts).
+        self.leftovers = leftovers
+
+    cdef int feed_leftover(self, object item, object addr) except -1:
+        raise NotImplementedError  # each transport kind overrides it
 
     # -- asyncio.BaseTransport ------------------------------------------------
 
@@ -155,7 +185,7 @@ cdef class BaseTransport(Endpoint):
         if self.closing or not self.paused:
             return
         self.paused = False
-        self.loop.driver.start_reading(self)
+        self.read_start()
         if self.loop.debug:
             logger.debug("%r resumes reading", self)
 
@@ -250,6 +280,17 @@ cdef class BaseTransport(Endpoint):
         return self.backlog() != 0
 
     cdef int drop_backlog(self) except -1:
+        return 0
+
+    cdef int callback_failed(self, object exc, str callback) except -1:
+        # A protocol callback that asyncio calls from a loop callback (so a
+        # failure is reported and the transport stays open) raised.
+        self.loop.call_exception_handler({
+            'message': f'Exception in protocol.{callback}()',
+            'exception': exc,
+            'transport': self,
+            'protocol': self.protocol,
+        })
         return 0
 
     cdef int fatal_error(self, object exc, str message) except -1:
@@ -465,7 +506,7 @@ cdef class StreamTransport(BaseTransport):
         if self.stash is not None:
             self.loop.soon(self._deliver_stash, (), None)
         else:
-            self.loop.driver.start_reading(self)
+            self.read_start()
 
     def _deliver_stash(self):
         cdef bytes data = self.stash
@@ -473,7 +514,10 @@ cdef class StreamTransport(BaseTransport):
         if data is not None and not self.closing:
             self.feed_buffered(PyBytes_AS_STRING(data), len(data))
         if self.stash is None and self.is_reading():
-            self.loop.driver.start_reading(self)
+            self.read_start()
+
+    cdef int feed_leftover(self, object item, object addr) except -1:
+        return self.on_data(PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
 
     cdef int on_eof(self) except -1:
         if self.loop.debug:
@@ -854,17 +898,33 @@ cdef class DatagramTransport(BaseTransport):
                          sockaddr *addr, socklen_t addrlen) except -1:
         if self.conn_lost:
             return 0
-        data = PyBytes_FromStringAndSize(buf, n)
+        return self.feed_leftover(PyBytes_FromStringAndSize(buf, n),
+                                  sockaddr_to_py(addr, addrlen))
+
+    cdef int feed_leftover(self, object data, object addr) except -1:
+        # A datagram, from the driver or left by a cancelled sock_recvfrom.
         try:
-            self.protocol.datagram_received(data, sockaddr_to_py(addr, addrlen))
+            self.protocol.datagram_received(data, addr)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self.fatal_error(exc, 'Fatal read error on datagram transport')
+            # One bad datagram must not take the endpoint down: reported,
+            # and reading goes on (as asyncio's reader callback has it).
+            self.callback_failed(exc, 'datagram_received')
         return 0
 
     cdef int on_read_error(self, int err) except -1:
-        self.protocol.error_received(errno_error(err))
+        return self.report_error(errno_error(err))
+
+    cdef int report_error(self, object exc) except -1:
+        # error_received() runs in the driver's dispatch: whatever it raises
+        # is reported, as asyncio's reader and writer callbacks have it.
+        try:
+            self.protocol.error_received(exc)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as cb_exc:
+            self.callback_failed(cb_exc, 'error_received')
         return 0
 
     def sendto(self, data, addr=None):
@@ -923,7 +983,7 @@ cdef class DatagramTransport(BaseTransport):
     cdef int on_datagram_sent(self, Request req, int err) except -1:
         self.dbuf_size -= req.size
         if err:
-            self.protocol.error_received(errno_error(err))
+            self.report_error(errno_error(err))
         self.maybe_resume_protocol()
         if self.dbuf_size == 0 and self.closing and not self.conn_lost:
             self.conn_lost += 1
@@ -992,7 +1052,7 @@ cdef class Listener(Endpoint):
 
     @staticmethod
     def start(CoreLoop loop, sock, protocol_factory, sslcontext, server,
-              ssl_handshake_timeout, ssl_shutdown_timeout):
+              ssl_handshake_timeout, ssl_shutdown_timeout, leftovers):
         cdef Listener self = Listener.__new__(Listener)
         self.kind = KIND_LISTENER
         self.loop = loop
@@ -1006,9 +1066,25 @@ cdef class Listener(Endpoint):
         self.server = server
         self.ssl_handshake_timeout = ssl_handshake_timeout
         self.ssl_shutdown_timeout = ssl_shutdown_timeout
+        self.leftovers = leftovers
         loop.driver.add(self)
-        loop.driver.start_reading(self)
+        self._accept_start()
         return self
+
+    def _accept_start(self):
+        # Connections that cancelled sock_accept calls took (Leftovers,
+        # sock_methods.py) are served first; accepting starts once every
+        # cancelled request is in.
+        lo = self.leftovers
+        if lo is not None:
+            while lo.items and not self.flags & EP_RELEASING:
+                conn, _ = lo.items.popleft()
+                self.on_accept(conn.detach())
+            if lo.unsettled and not self.flags & EP_RELEASING:
+                lo.on_settled = self._accept_start
+                return
+            self.leftovers = None
+        self.loop.driver.start_reading(self)
 
     def stop(self):
         # Stop listening now: Server.close() promises refused connections
@@ -1085,6 +1161,8 @@ def make_datagram_transport(CoreLoop loop, sock, protocol, address=None,
 
 
 def start_listener(CoreLoop loop, sock, protocol_factory, sslcontext, server,
-                   ssl_handshake_timeout, ssl_shutdown_timeout):
+                   ssl_handshake_timeout, ssl_shutdown_timeout,
+                   leftovers=None):
     return Listener.start(loop, sock, protocol_factory, sslcontext, server,
-                          ssl_handshake_timeout, ssl_shutdown_timeout)
+                          ssl_handshake_timeout, ssl_shutdown_timeout,
+                          leftovers)

@@ -54,6 +54,7 @@ cdef class UringDriver(Driver):
         unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
         readonly unsigned int setup_flags
         int wakefd
+        int check_epfd              # add_reader()'s validation (see register)
         # provided buffers shared by every stream recv of this loop, and
         # (made on first use) by every UDP recvmsg
         BufferRing rbufs
@@ -75,6 +76,7 @@ cdef class UringDriver(Driver):
                          unsigned int cq_entries, unsigned int buf_count,
                          unsigned int buf_size, Py_ssize_t direct_send_min)
 
+    cdef int check_watchable(self, int fd) except -1
     cdef int setup_ring(self, unsigned int entries,
                         unsigned int cq_entries) except -1
     cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n)

@@ -227,7 +227,7 @@ cdef class UringDriver(Driver):
             'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
             'recv_cancels', 'send_eagain', 'accept_emfile',
             'sock_requests', 'datagram_sends'), 0)
-        self.wakefd = self.reserve_fd = -1
+        self.wakefd = self.reserve_fd = self.check_epfd = -1
         self.buf_count = buf_count
         self.buf_size = buf_size
         try:
@@ -343,10 +343,10 @@ cdef class UringDriver(Driver):
                     if bufs is not None:
                         bufs.leak()
         self.free_ring()
-        for fd in (self.wakefd, self.reserve_fd):
+        for fd in (self.wakefd, self.reserve_fd, self.check_epfd):
             if fd >= 0:
                 close(fd)
-        self.wakefd = self.reserve_fd = -1
+        self.wakefd = self.reserve_fd = self.check_epfd = -1
         self.endpoints.clear()
         self.releasing.clear()
         self.requests.clear()
@@ -453,6 +453,26 @@ cdef class UringDriver(Driver):
                 # an AF_UNIX one may not (up to the socket buffer size), so
                 # those keep a single RECVMSG into a 256 KiB buffer.
                 ep.flags |= EP_MULTISHOT_DGRAM
+        elif ep.kind == KIND_WATCHER:
+            self.check_watchable(ep.fd)
+        return 0
+
+    cdef int check_watchable(self, int fd) except -1:
+        # add_reader()/add_writer() refuse at once what a readiness loop's
+        # epoll_ctl() refuses: a closed fd (EBADF), a file that cannot be
+        # polled, such as a regular file (EPERM). A POLL_ADD would take
+        # either and complete (a regular file is always "ready"). Asking
+        # epoll itself gives exactly its answer.
+        cdef epoll_event ev
+        if self.check_epfd < 0:
+            self.check_epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self.check_epfd < 0:
+                raise OSError(errno, "epoll_create1 failed")
+        ev.events = EPOLLIN
+        ev.data.u64 = 0
+        if epoll_ctl(self.check_epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            raise OSError(errno, os.strerror(errno))
+        epoll_ctl(self.check_epfd, EPOLL_CTL_DEL, fd, &ev)
         return 0
 
     cdef int start_reading(self, Endpoint ep) except -1:

@@ -15,15 +15,17 @@ BACKENDS = ["asyncio", "epoll", "uring"]
 def stock_asyncio_differs(request, reason, since=None, before=None):
     """Mark the running test as expected to fail on stock asyncio on the
     Pythons where CPython behaves otherwise than the test checks: from
-    `since` on (CPython changed it; fastsock keeps it), or `before` a
-    version (CPython had a bug, fixed then; fastsock follows the fix).
+    `since` on (CPython changed it; fastsock keeps it), `before` a version
+    (CPython had a bug, fixed then; fastsock follows the fix), or on every
+    version when neither is given (fastsock keeps what asyncio loses).
     `reason` names the change. Strict: once the reference agrees, the mark
     must go."""
     import pytest
     import sys
     if request.node.callspec.params.get("loop") != "asyncio":
         return
-    if ((since is not None and sys.version_info >= since)
+    if ((since is None and before is None)
+            or (since is not None and sys.version_info >= since)
             or (before is not None and sys.version_info < before)):
         request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
 

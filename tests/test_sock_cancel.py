@@ -15,7 +15,8 @@ import warnings
 
 import pytest
 
-from _helpers import run_coro
+from _helpers import (EchoProtocol, RecordingProtocol, run_coro,
+                      stock_asyncio_differs)
 
 
 def _pair(type=socket.SOCK_STREAM):
@@ -122,6 +123,228 @@ def test_cancelled_sock_accept_keeps_connection(loop, run):
             assert await loop.sock_recv(conn, 10) == b"ping"
 
     with srv, cli:
+        run(main())
+
+
+async def _completed_then_cancelled(loop, coro, deliver):
+    """Start `coro`; once it waits, `deliver()` what it waits for and cancel
+    its task after the loop's next poll (a timer due in the same iteration):
+    the result is there when the cancellation comes."""
+    task = asyncio.ensure_future(coro)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    deliver()
+    loop.call_later(0, task.cancel)
+    try:
+        return await task, False
+    except asyncio.CancelledError:
+        return None, True
+
+
+_ASYNCIO_DROPS = (
+    "asyncio drops what its reader callback received when the awaiting task "
+    "is cancelled in the same iteration; fastsock keeps it for the socket's "
+    "next user")
+
+
+def test_completed_then_cancelled_sock_recv_loses_nothing(loop, run,
+                                                          request):
+    stock_asyncio_differs(request, reason=_ASYNCIO_DROPS)
+    a, b = _pair()
+
+    async def main():
+        got, _ = await _completed_then_cancelled(
+            loop, loop.sock_recv(a, 100), lambda: b.send(b"hello"))
+        got = got or b""
+        b.send(b" world")
+        while len(got) < 11:
+            got += await asyncio.wait_for(loop.sock_recv(a, 100), 2)
+        assert got == b"hello world"
+
+    with a, b:
+        run(main())
+
+
+def test_completed_then_cancelled_sock_accept_keeps_connection(loop, run,
+                                                               request):
+    stock_asyncio_differs(request, reason=_ASYNCIO_DROPS)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    clients = []
+
+    async def main():
+        res, _ = await _completed_then_cancelled(
+            loop, loop.sock_accept(srv),
+            lambda: clients.append(socket.create_connection(
+                srv.getsockname())))
+        if res is None:
+            res = await asyncio.wait_for(loop.sock_accept(srv), 2)
+        conn, addr = res
+        with conn:
+            assert addr == clients[0].getsockname()
+
+    with srv:
+        try:
+            run(main())
+        finally:
+            for c in clients:
+                c.close()
+
+
+def test_next_sock_recv_waits_for_a_cancelled_one(loop, run):
+    """Cancelled while waiting; the bytes arrive before the kernel has seen
+    the cancel, and the next sock_recv starts at once: it gets them (on
+    io_uring the cancelled RECV may take them; the next call must not
+    overtake it with a RECV of its own)."""
+    async def main():
+        for i in range(20):
+            a, b = _pair()
+            with a, b:
+                task = asyncio.ensure_future(loop.sock_recv(a, 100))
+                await asyncio.sleep(0)
+                task.cancel()
+                b.send(b"round-%d" % i)
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+                got = await asyncio.wait_for(loop.sock_recv(a, 100), 2)
+                assert got == b"round-%d" % i
+
+    run(main(), timeout=30)
+
+
+def test_wait_for_timeouts_racing_the_data_lose_nothing(loop, run):
+    """The everyday pattern: sock_recv under a timeout while the peer's
+    bytes arrive right at the deadline, round after round; every byte comes
+    out of some later call, in order."""
+    a, b = _pair()
+    rounds = 40
+
+    async def main():
+        got = b""
+        for i in range(rounds):
+            msg = b"<%d>" % i
+            loop.call_later(0.002, b.send, msg)
+            try:
+                got += await asyncio.wait_for(loop.sock_recv(a, 100), 0.002)
+            except asyncio.TimeoutError:
+                pass
+        want = b"".join(b"<%d>" % i for i in range(rounds))
+        while len(got) < len(want):
+            got += await asyncio.wait_for(loop.sock_recv(a, 100), 2)
+        assert got == want
+
+    with a, b:
+        run(main(), timeout=30)
+
+
+@pytest.mark.parametrize("order", ["completed-first", "cancelled-first"])
+def test_stream_transport_gets_what_sock_recv_left(loop, run, request, order):
+    """A socket whose sock_recv was cancelled in a race, then handed to
+    create_connection(sock=): the protocol gets every byte, in order,
+    including those the cancelled call took."""
+    if order == "completed-first":
+        stock_asyncio_differs(request, reason=_ASYNCIO_DROPS)
+
+    async def one_round(i):
+        a, b = _pair()
+        with b:
+            if order == "completed-first":
+                await _completed_then_cancelled(
+                    loop, loop.sock_recv(a, 100),
+                    lambda: b.send(b"hello-%d;" % i))
+            else:
+                # cancelled while the kernel may still complete it: the
+                # bytes arrive before the cancel reaches the kernel
+                task = asyncio.ensure_future(loop.sock_recv(a, 100))
+                await asyncio.sleep(0)
+                task.cancel()
+                b.send(b"hello-%d;" % i)
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            tr, proto = await loop.create_connection(RecordingProtocol, sock=a)
+            try:
+                b.send(b"world")
+                want = b"hello-%d;world" % i
+                got = await asyncio.wait_for(proto.wait_data(len(want)), 2)
+                assert got == want
+            finally:
+                tr.close()
+                await proto.lost
+
+    async def main():
+        for i in range(10):
+            await one_round(i)
+
+    run(main(), timeout=30)
+
+
+def test_server_gets_what_sock_accept_left(loop, run, request):
+    """A listening socket whose sock_accept was cancelled after the kernel
+    accepted a connection, then served with create_server(sock=): that
+    connection is served too."""
+    stock_asyncio_differs(request, reason=_ASYNCIO_DROPS)
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    clients = []
+
+    async def main():
+        res, _ = await _completed_then_cancelled(
+            loop, loop.sock_accept(srv),
+            lambda: clients.append(socket.create_connection(
+                srv.getsockname())))
+        assert res is None
+        server = await loop.create_server(EchoProtocol, sock=srv)
+        try:
+            c = clients[0]
+            c.setblocking(False)
+            await loop.sock_sendall(c, b"ping")
+            assert await asyncio.wait_for(loop.sock_recv(c, 10), 5) == b"ping"
+        finally:
+            server.close()
+            for c in clients:
+                c.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_datagram_transport_gets_what_sock_recvfrom_left(loop, run, request):
+    stock_asyncio_differs(request, reason=_ASYNCIO_DROPS)
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    a.setblocking(False)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b.bind(("127.0.0.1", 0))
+
+    class Proto(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.got = []
+            self.two = loop.create_future()
+
+        def datagram_received(self, data, addr):
+            self.got.append((data, addr))
+            if len(self.got) == 2:
+                self.two.set_result(None)
+
+    async def main():
+        res, _ = await _completed_then_cancelled(
+            loop, loop.sock_recvfrom(a, 100),
+            lambda: b.sendto(b"first", a.getsockname()))
+        assert res is None
+        tr, proto = await loop.create_datagram_endpoint(Proto, sock=a)
+        try:
+            b.sendto(b"second", a.getsockname())
+            await asyncio.wait_for(proto.two, 2)
+            assert proto.got == [(b"first", b.getsockname()),
+                                 (b"second", b.getsockname())]
+        finally:
+            tr.close()
+
+    with b:
         run(main())
 
 

@@ -471,6 +471,77 @@ def test_add_reader_invalid_fd(loop):
         loop.add_writer(object(), lambda: None)
 
 
+@pytest.mark.parametrize("what", ["closed", "never-opened", "regular-file"])
+def test_add_reader_refuses_what_cannot_be_watched(loop, what, tmp_path):
+    """A closed or never-opened fd fails with EBADF, a regular file with
+    EPERM, at once (as epoll_ctl() tells a selector loop); nothing is left
+    watching."""
+    if what == "regular-file":
+        f = open(tmp_path / "plain", "wb")
+        fd, want = f.fileno(), errno.EPERM
+    else:
+        a, b = _nb_socketpair()
+        fd = a.fileno()
+        if what == "never-opened":
+            fd = max(fd, b.fileno()) + 100
+        a.close()
+        b.close()
+        f, want = None, errno.EBADF
+    try:
+        for add in (loop.add_reader, loop.add_writer):
+            with pytest.raises(OSError) as info:
+                add(fd, lambda: None)
+            assert info.value.errno == want
+        assert loop.remove_reader(fd) is False
+        assert loop.remove_writer(fd) is False
+    finally:
+        if f is not None:
+            f.close()
+
+
+_FD_CLOSED_BEFORE_REMOVE_READER = r'''
+import asyncio, os, socket, sys
+import fastsock
+
+backend = sys.argv[1]
+loop = (asyncio.new_event_loop() if backend == "asyncio"
+        else fastsock.new_event_loop(backend))
+a, b = socket.socketpair()
+a.setblocking(False)
+fd = a.fileno()
+other = os.dup(fd)                  # the open file outlives fd
+called = []
+loop.add_reader(fd, lambda: called.append(1))
+a.close()                           # closed first ...
+loop.remove_reader(fd)              # ... removed after: the ordering slip
+b.send(b"x")
+for _ in range(5):
+    # Each iteration may free what the last one released; refill freed
+    # memory with objects of a transport's size in between.
+    loop.run_until_complete(asyncio.sleep(0.01))
+    churn = [bytes(range(256)) * (i % 3 + 1) for i in range(3000)]
+assert not called, "a removed callback ran"
+loop.close()
+os.close(other)
+b.close()
+print("ok")
+'''
+
+
+def test_fd_closed_before_remove_reader_is_harmless(backend_name):
+    """add_reader(fd); the file has a second descriptor; fd is closed and
+    only then remove_reader(fd): the kernel may still report the file, and
+    the loop must neither crash nor run the removed callback."""
+    import subprocess
+    import sys
+    proc = subprocess.run(
+        [sys.executable, "-c", _FD_CLOSED_BEFORE_REMOVE_READER, backend_name],
+        capture_output=True, text=True, timeout=60,
+        env=dict(os.environ, PYTHONFAULTHANDLER="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == "ok"
+
+
 def test_add_reader_on_closed_loop(loop):
     a, b = _nb_socketpair()
     with a, b:

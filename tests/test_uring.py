@@ -24,7 +24,7 @@ if not fastsock.backends()["uring"].available:
                 allow_module_level=True)
 
 from fastsock import uring                      # noqa: E402
-from fastsock.eventloop import Loop             # noqa: E402
+from fastsock.eventloop import CompletionLoop   # noqa: E402
 
 
 @pytest.fixture
@@ -32,8 +32,8 @@ def make_uring_loop():
     loops = []
 
     def make(**driver_options):
-        loop = Loop(functools.partial(uring.new_driver, **driver_options),
-                    "uring")
+        loop = CompletionLoop(
+            functools.partial(uring.new_driver, **driver_options), "uring")
         loops.append(loop)
         return loop
 
