@@ -33,7 +33,7 @@ cdef class EpollDriver(Driver):
     cdef int read_stream(self, Endpoint ep, bint drain) except -1
     cdef int read_datagrams(self, Endpoint ep) except -1
     cdef int accept_all(self, Endpoint ep) except -1
-    cdef int run_pending(self) except -1
+    cdef int run_pending(self, list todo) except -1
     cdef Py_ssize_t send_zerocopy(self, Endpoint ep) except -2
     cdef int read_zc_notices(self, Endpoint ep) except -1
     cdef int release_zc(self, Endpoint ep, unsigned int lo, unsigned int hi, bint copied) except -1

@@ -430,7 +430,11 @@ cdef class EpollDriver(Driver):
         cdef uint64_t drained, key
         cdef Endpoint ep
         cdef list rearm
-        if self.pending:
+        # Endpoints deferred by an earlier iteration are read in this one,
+        # after its events; those this one defers wait for the next.
+        cdef list todo = self.pending
+        self.pending = []
+        if todo:
             timeout_ms = 0
         if self.rearm:
             # One-shot watchers whose callbacks have run: still ready means
@@ -472,14 +476,12 @@ cdef class EpollDriver(Driver):
                 self.handle(ep, self.events[i].events)
             except BaseException as exc:
                 self.dispatch_error(exc)
-        if self.pending:
-            self.run_pending()
+        if todo:
+            self.run_pending(todo)
         return self.check_pending()
 
-    cdef int run_pending(self) except -1:
-        cdef list todo = self.pending
+    cdef int run_pending(self, list todo) except -1:
         cdef Endpoint ep
-        self.pending = []
         for ep in todo:
             ep.flags &= ~EP_PENDING
             if ep.flags & EP_RELEASING or not ep.flags & EP_READING:

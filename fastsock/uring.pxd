@@ -100,7 +100,8 @@ cdef class UringDriver(Driver):
     cdef int cancel_op(self, Endpoint ep, int op) except -1
     cdef int prep_cancel_fd(self, Endpoint ep) except -1
     cdef int wait_some(self, long timeout_ms) except -1
-    cdef int run_pending(self) except -1
+    cdef int defer(self, Endpoint ep) except -1
+    cdef int run_pending(self, list todo) except -1
     cdef free_ring(self)
     cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1
     cdef int recvmsg_done(self, Endpoint ep, int res) except -1

@@ -481,10 +481,7 @@ cdef class UringDriver(Driver):
         ep.flags |= EP_READING
         if ep in self.stash:
             # Bytes that came while paused go first, in the next iteration.
-            if not ep.flags & EP_PENDING:
-                ep.flags |= EP_PENDING
-                self.pending.append(ep)
-            return 0
+            return self.defer(ep)
         if ep.kind == KIND_LISTENER:
             return self.arm_accept(ep)
         return self.arm_recv(ep)
@@ -855,7 +852,11 @@ cdef class UringDriver(Driver):
         cdef int ret
         cdef io_uring_cqe *cqe
         cdef __kernel_timespec ts
-        if self.pending:
+        # Endpoints deferred by an earlier iteration are served in this one,
+        # after its completions; those this one defers wait for the next.
+        cdef list todo = self.pending
+        self.pending = []
+        if todo:
             timeout_ms = 0
         if io_uring_cq_ready(&self.ring) or io_uring_cq_has_overflow(&self.ring):
             timeout_ms = 0
@@ -879,8 +880,8 @@ cdef class UringDriver(Driver):
         elif ret < 0 and ret not in (-ETIME, -EBUSY, -EAGAIN):
             raise OSError(-ret, f"io_uring_enter failed: {os.strerror(-ret)}")
         self.reap()
-        if self.pending:
-            self.run_pending()
+        if todo:
+            self.run_pending(todo)
         return self.check_pending()
 
     cdef int reap(self) except -1:
@@ -1068,10 +1069,14 @@ cdef class UringDriver(Driver):
         if ep.flags & EP_RELEASING:
             return 0
         if res == 0:
-            if ep.flags & EP_READING and ep not in self.stash:
-                ep.flags &= ~EP_READING
-                return ep.on_eof()
-            return self.keep(ep, None)
+            # EOF reaches the protocol in the next iteration, never in the
+            # one that delivered the data it came with: a readiness loop
+            # finds such a FIN on its next read (asyncio's callback order;
+            # CPython's TLS tests depend on it).
+            self.keep(ep, None)
+            if ep.flags & EP_READING:
+                self.defer(ep)
+            return 0
         if res == -ENOBUFS or res == -ECANCELED or res == -EINTR:
             # Ring ran dry (the buffers are back once this batch is handed
             # on), or a pause cancelled it: go on if we still read.
@@ -1091,10 +1096,14 @@ cdef class UringDriver(Driver):
         self.stash.setdefault(ep, []).append(chunk)
         return 0
 
-    cdef int run_pending(self) except -1:
-        cdef list todo = self.pending
+    cdef int defer(self, Endpoint ep) except -1:
+        if not ep.flags & EP_PENDING:
+            ep.flags |= EP_PENDING
+            self.pending.append(ep)
+        return 0
+
+    cdef int run_pending(self, list todo) except -1:
         cdef Endpoint ep
-        self.pending = []
         for ep in todo:
             ep.flags &= ~EP_PENDING
             try:
