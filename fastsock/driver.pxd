@@ -1,10 +1,17 @@
 # The contract between a driver (epoll or io_uring) and the objects it feeds.
 #
 # An Endpoint is one file descriptor as a driver sees it: a stream transport,
-# a datagram transport, a listening server socket or a readiness watcher
-# (add_reader/add_writer, pipes, pidfds). Transports subclass Endpoint and
-# never learn which driver feeds them: the driver calls the on_* methods
-# below, the transport calls the Driver methods.
+# a datagram transport, a listening server socket, a readiness watcher
+# (add_reader/add_writer, pipes, pidfds) or a socket lent for one
+# sock_sendfile(). Transports subclass Endpoint and never learn which driver
+# feeds them: the driver calls the on_* methods, the transport calls the
+# Driver methods.
+#
+# Sends are pushed: the owner hands the driver a Request that owns or pins
+# the memory it sends (bytes, a zero-copy buffer, a file span, a datagram and
+# its address); the driver reports back once, with on_sent(). A Request the
+# kernel may still read or write is "in flight": the driver holds it until
+# the kernel says it is done with it, whatever happens to its endpoint.
 #
 # Ownership: the Endpoint's creator owns the fd. Once it has called
 # Driver.add(), it may close the fd only after Driver.release() has called
@@ -19,41 +26,37 @@ cdef enum:
     KIND_DATAGRAM = 2
     KIND_LISTENER = 3
     KIND_WATCHER = 4
-    # iovecs a single gathered send may carry
-    SEND_IOV_MAX = 16
 
 cdef enum:
     # Endpoint.flags, kept by the driver
     EP_ADDED = 1 << 0
     EP_READING = 1 << 1        # the owner wants data (or connections)
-    EP_SENDING = 1 << 2        # a backlog is being flushed
     EP_RELEASING = 1 << 3      # release() called: no new operations
     EP_RELEASED = 1 << 4       # on_released() has run
-    EP_PENDING = 1 << 5        # queued for another read/accept round
+    EP_DEFERRED = 1 << 5       # owed another read/accept round next iteration
     EP_WANT_IN = 1 << 6        # watcher: readable interest
-    EP_WANT_OUT = 1 << 7       # watcher/datagram: writable interest
+    EP_WANT_OUT = 1 << 7       # watcher: writable interest
     EP_ZC_READY = 1 << 8       # epoll: SO_ZEROCOPY set on the socket
     EP_ABORTIVE = 1 << 9       # released by abort()/an error: the stream
                                # may be reset to end zero-copy sends at once
     EP_MULTISHOT_DGRAM = 1 << 10   # io_uring: UDP, read by multishot recvmsg
 
 cdef enum:
-    # Endpoint.send_mode, set by prepare_send()
-    SEND_BYTES = 0             # send_msg/send_iov: an ordinary send
-    SEND_ZEROCOPY = 1          # send_msg/send_iov without a copy; send_refs
-                               # holds the objects until the kernel's notice
-    SEND_FILE = 2              # file_fd/file_offset/file_count: sendfile(2)
-                               # on epoll, splice through a pipe on io_uring
-
-
-cdef enum:
     # Request.op
-    REQ_SEND = 1               # send(2) from buf
-    REQ_SENDMSG = 2            # sendmsg(2) of buf to name (a datagram)
-    REQ_RECV = 3               # recv(2) into buf
-    REQ_RECVMSG = 4            # recvmsg(2) into buf, sender in name
+    REQ_SEND = 1               # send(2) from one buffer
+    REQ_SENDMSG = 2            # sendmsg(2): a datagram (to `name`), or a
+                               # stream's gathered buffers
+    REQ_RECV = 3               # recv(2) into one buffer
+    REQ_RECVMSG = 4            # recvmsg(2) into one buffer, sender in name
     REQ_ACCEPT = 5             # accept4(2), peer in name
     REQ_CONNECT = 6            # connect(2) to name
+    REQ_SEND_ZC = 7            # a stream's gathered buffers without a copy
+                               # (MSG_ZEROCOPY / SENDMSG_ZC)
+    REQ_SENDFILE = 8           # file_fd from file_offset, size bytes:
+                               # sendfile(2), or splice through a pipe
+
+    # buffers a gathered send carries at most
+    SEND_IOV_MAX = 64
 
 
 cdef class Driver
@@ -61,29 +64,44 @@ cdef class Endpoint
 
 
 cdef class Request:
-    # One socket operation that carries its own memory: a datagram a
-    # transport sends, or one sock_* call on io_uring. The kernel may read or
-    # write msg, iov, name and the buffer `view` points into until the
-    # operation completes; a driver that hands it to the kernel holds a
-    # reference to the Request until then.
+    # One socket operation that carries its own memory: a send of a
+    # transport's, or one sock_* call on a completion driver. The kernel may
+    # read or write msg, iovs, name and the buffers they point into until the
+    # driver reports the request done.
     cdef:
         readonly int fd
         readonly int op
-        Endpoint ep                 # the datagram transport, or None
-        object callback             # sock_* calls: callback(request, res)
-        Py_buffer view              # of buf: what is sent or received into
+        Endpoint ep                 # whose send it is, or None (sock_*)
+        object callback             # sock_*: callback(request, res)
+        Py_buffer view              # of buf: one buffer sent or received into
         bint has_view
         readonly object buf
-        msghdr msg
+        object refs                 # gathered sends: what iovs point into
         iovec iov
+        iovec *iovs                 # iov, or a gathered send's own array
+        msghdr msg
         sockaddr_storage name
         socklen_t namelen
-        readonly Py_ssize_t size
+        readonly Py_ssize_t size    # bytes to move
+        readonly Py_ssize_t done    # bytes moved so far (a send's progress)
+        int file_fd                 # REQ_SENDFILE
+        long long file_offset
+        int stage                   # driver-private: what the kernel is doing
+        int notices_due             # zero-copy: notices the kernel still owes
+        bint zc_copied              # zero-copy: the kernel copied anyway
         readonly int res
         bint cancelled
 
     @staticmethod
     cdef Request new(int op, int fd, object buf, bint writable)
+    @staticmethod
+    cdef Request gathered(Endpoint ep, int op, int count)
+    @staticmethod
+    cdef Request file_span(Endpoint ep, int file_fd, long long offset,
+                           Py_ssize_t count)
+    cdef int add_buffer(self, const char *buf, Py_ssize_t n,
+                        object owner) except -1
+    cdef int consume(self, Py_ssize_t n) except -1
     cdef int set_name(self, int family, object address) except -1
 
 
@@ -92,33 +110,15 @@ cdef class Endpoint:
         int fd
         int kind
         uint32_t flags
-        uint32_t armed          # driver's private record of what is armed
-        uint64_t key            # epoll: the name the kernel knows it by
-        int inflight            # io_uring: operations whose CQE is due
         Driver driver
-        # Memory a gathered send points at. It lives in the Endpoint so that
-        # it stays valid while an io_uring SENDMSG is in flight.
-        msghdr send_msg
-        iovec send_iov[SEND_IOV_MAX]
-        int send_mode
-        object send_refs
-        int file_fd
-        long long file_offset
-        size_t file_count
-        # Zero-copy sends the kernel has not released yet (driver-owned):
-        # epoll keeps (seq, refs) pairs until the error queue reports them.
-        object zc_hold
-        unsigned int zc_seq
-        int zc_pending              # zero-copy sends whose notice is due
-        # counters a user can read (kept by the driver)
-        unsigned long long zc_sends
-        unsigned long long zc_bytes
-        unsigned long long zc_copied
-        unsigned long long sendfile_bytes
-        # Datagram sends (Requests) not finished yet, oldest first; the
-        # driver's. io_uring: how many of them are in the kernel.
-        object send_queue
-        int sends_inflight
+        # driver-private
+        uint32_t armed          # operations or interest armed in the kernel
+        int inflight            # io_uring: operations whose last CQE is due
+        int sends_inflight      # io_uring: datagram sends of this chain
+        uint64_t key            # epoll: the name the kernel knows it by
+        Request sending         # the stream send in progress
+        object send_queue       # datagram sends not done yet, oldest first
+        object zc               # epoll: zero-copy sends awaiting notices
 
     # Stream data. `buf` is valid only during the call: copy what you keep.
     cdef int on_data(self, const char *buf, Py_ssize_t n) except -1
@@ -127,26 +127,17 @@ cdef class Endpoint:
     # Datagram read.
     cdef int on_datagram(self, const char *buf, Py_ssize_t n,
                          sockaddr *addr, socklen_t addrlen) except -1
-    # Stream backlog: set send_mode and fill send_msg/send_iov (or the file_*
-    # fields) with what to send next; return the number of iovecs (1 for a
-    # file; 0: nothing left). The memory must stay valid until on_sent() or
-    # on_send_error(); in SEND_ZEROCOPY mode the driver keeps send_refs
-    # alive until the kernel's notification.
-    cdef int prepare_send(self) except -1
-    # n bytes of what prepare_send() described went out (0 for a file: it
-    # ended early).
-    cdef int on_sent(self, Py_ssize_t n) except -1
-    cdef int on_send_error(self, int err) except -1
+    # A Request given to Driver.send() is done: res is req.done (every byte
+    # sent; for a file, fewer when the file ended first) or -errno (then
+    # req.done bytes went out). Not called once the endpoint is released.
+    cdef int on_sent(self, Request req, Py_ssize_t res) except -1
     # The kernel released a zero-copy send; `copied`: it copied anyway, or
     # zero copy is not possible on this socket (stop asking for it).
     cdef int on_zc_report(self, bint copied) except -1
-    # Datagrams: a Request given to Driver.send_datagram() is done: sent
-    # (err 0) or refused (errno). Not called once the endpoint is released.
-    cdef int on_datagram_sent(self, Request req, int err) except -1
     # Listener: a new connection (the callee owns fd), or an accept error.
     cdef int on_accept(self, int fd) except -1
     cdef int on_accept_error(self, int err) except -1
-    # Watchers and datagram backlogs: readiness (POLLIN/POLLOUT/... bits).
+    # Watchers: readiness (POLLIN/POLLOUT/... bits).
     cdef int on_ready(self, uint32_t revents) except -1
     # The driver has forgotten the fd and nothing in flight refers to it.
     cdef int on_released(self) except -1
@@ -156,10 +147,10 @@ cdef class Driver:
     cdef:
         readonly str name
         object loop             # the loop whose callbacks the events run
-        object pending_exc      # first exception raised by an on_* call
+        object pending_exc      # first exception an on_* call let through
         readonly dict endpoints # fd -> Endpoint added: keeps them alive
         int reserve_fd          # spare fd given up to survive EMFILE
-        # loop-wide counters (each Endpoint keeps its own as well)
+        # loop-wide counters (transports keep their own as well)
         readonly unsigned long long zc_sends, zc_bytes, zc_copied
         readonly unsigned long long sendfile_bytes
         bint closed
@@ -170,22 +161,31 @@ cdef class Driver:
     cdef void wakeup(self) nogil
     cdef int close(self) except -1
 
+    # Take the fd; attach() is the driver's part (epoll registers it with
+    # the kernel; io_uring checks it and picks how to read it).
     cdef int add(self, Endpoint ep) except -1
-    cdef int register(self, Endpoint ep) except -1     # add()'s kernel part
+    cdef int attach(self, Endpoint ep) except -1
     cdef int start_reading(self, Endpoint ep) except -1
     cdef int stop_reading(self, Endpoint ep) except -1
-    # Send at once if the kernel takes it: bytes sent, 0 if it would block,
-    # -errno on error. Only while no backlog is being flushed.
-    cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n)
-    # The endpoint has a backlog: send it (prepare_send/on_sent) until empty.
-    cdef int flush(self, Endpoint ep) except -1
-    # Readiness interest for watchers and datagram backlogs (POLLIN|POLLOUT).
+    # One send(2) now, from the caller's memory (both models: a write
+    # reaches the kernel before write() returns): bytes sent, 0 if the
+    # socket is full, -errno.
+    cdef Py_ssize_t try_send(self, Endpoint ep, const char *buf, Py_ssize_t n)
+    # Send `req` after the ones before it; on_sent() follows, perhaps at
+    # once. `now`: the caller needs it in the kernel before returning (else
+    # it may wait for the iteration's batch).
+    cdef int send(self, Endpoint ep, Request req, bint now) except -1
+    # Stop a stream send in progress (a cancelled sendfile): on_sent(req,
+    # -ECANCELED) follows once the kernel no longer works on it.
+    cdef int cancel_send(self, Endpoint ep, Request req) except -1
+    # Readiness interest for watchers (POLLIN|POLLOUT).
     cdef int watch(self, Endpoint ep, uint32_t events) except -1
-    # Send a datagram (REQ_SENDMSG, or REQ_SEND on a connected socket) after
-    # those queued before it; on_datagram_sent() follows, perhaps at once.
-    cdef int send_datagram(self, Endpoint ep, Request req) except -1
     # Forget the fd; on_released() follows once the kernel is done with it.
     cdef int release(self, Endpoint ep) except -1
+    # Completion drivers also take sock_* operations as Requests, from
+    # Python (sock_methods.py): submit_request(req, callback, flags) runs
+    # callback(req, res) once (res: bytes, an fd, 0 or -errno), and
+    # cancel_request(req) asks the kernel to stop it.
 
     # Helpers for subclasses.
     cdef bint accept_emfile(self, Endpoint ep) except -1

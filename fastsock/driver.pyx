@@ -4,6 +4,7 @@
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
                              PyBUF_SIMPLE, PyBUF_WRITABLE)
+from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from fastsock.sockaddr cimport sockaddr_to_py, py_to_sockaddr
 from fastsock.driver cimport EP_ADDED, EP_RELEASING
@@ -34,6 +35,7 @@ cdef class Request:
             self.size = self.view.len
             self.iov.iov_base = self.view.buf
             self.iov.iov_len = <size_t>self.view.len
+        self.iovs = &self.iov
         self.msg.msg_iov = &self.iov
         self.msg.msg_iovlen = 1
         if op == REQ_RECVMSG or op == REQ_ACCEPT:
@@ -41,6 +43,67 @@ cdef class Request:
             self.msg.msg_name = &self.name
             self.msg.msg_namelen = self.namelen
         return self
+
+    @staticmethod
+    cdef Request gathered(Endpoint ep, int op, int count):
+        # A stream send of up to `count` buffers, added with add_buffer().
+        cdef Request self = Request.__new__(Request)
+        self.op = op
+        self.fd = ep.fd
+        self.ep = ep
+        self.refs = []
+        if count <= 1:
+            self.iovs = &self.iov
+        else:
+            self.iovs = <iovec *>malloc(count * sizeof(iovec))
+            if self.iovs == NULL:
+                raise MemoryError()
+        self.msg.msg_iov = self.iovs
+        self.msg.msg_iovlen = 0
+        return self
+
+    @staticmethod
+    cdef Request file_span(Endpoint ep, int file_fd, long long offset,
+                           Py_ssize_t count):
+        cdef Request self = Request.__new__(Request)
+        self.op = REQ_SENDFILE
+        self.fd = ep.fd
+        self.ep = ep
+        self.iovs = &self.iov
+        self.file_fd = file_fd
+        self.file_offset = offset
+        self.size = count
+        return self
+
+    cdef int add_buffer(self, const char *buf, Py_ssize_t n,
+                        object owner) except -1:
+        # `owner` keeps buf alive (bytes, or an exported buffer's holder)
+        # for as long as this Request lives.
+        cdef size_t i = self.msg.msg_iovlen
+        self.iovs[i].iov_base = <void *>buf
+        self.iovs[i].iov_len = <size_t>n
+        self.msg.msg_iovlen = i + 1
+        self.size += n
+        self.refs.append(owner)
+        return 0
+
+    cdef int consume(self, Py_ssize_t n) except -1:
+        # n more bytes went out: a partial send goes on from there.
+        cdef iovec *iov
+        self.done += n
+        if self.op == REQ_SENDFILE:
+            self.file_offset += n
+            return 0
+        while n > 0 and self.msg.msg_iovlen > 0:
+            iov = self.msg.msg_iov
+            if <size_t>n < iov.iov_len:
+                iov.iov_base = <char *>iov.iov_base + n
+                iov.iov_len -= n
+                return 0
+            n -= iov.iov_len
+            self.msg.msg_iov += 1
+            self.msg.msg_iovlen -= 1
+        return 0
 
     cdef int set_name(self, int family, object address) except -1:
         # 0: a family sockaddr.pyx does not spell (use the socket object).
@@ -65,6 +128,8 @@ cdef class Request:
     def __dealloc__(self):
         if self.has_view:
             PyBuffer_Release(&self.view)
+        if self.iovs != NULL and self.iovs != &self.iov:
+            free(self.iovs)
 
 
 # For the loop's sock_* methods on io_uring.
@@ -111,19 +176,10 @@ cdef class Endpoint:
                          sockaddr *addr, socklen_t addrlen) except -1:
         return 0
 
-    cdef int prepare_send(self) except -1:
-        return 0
-
-    cdef int on_sent(self, Py_ssize_t n) except -1:
-        return 0
-
-    cdef int on_send_error(self, int err) except -1:
+    cdef int on_sent(self, Request req, Py_ssize_t res) except -1:
         return 0
 
     cdef int on_zc_report(self, bint copied) except -1:
-        return 0
-
-    cdef int on_datagram_sent(self, Request req, int err) except -1:
         return 0
 
     cdef int on_accept(self, int fd) except -1:
@@ -161,14 +217,14 @@ cdef class Driver:
             return 0
         if ep.fd in self.endpoints:
             raise RuntimeError(f"fd {ep.fd} is already used by the loop")
-        self.register(ep)
+        self.attach(ep)
         self.endpoints[ep.fd] = ep
         ep.driver = self
         ep.flags |= EP_ADDED
         return 0
 
-    cdef int register(self, Endpoint ep) except -1:
-        return 0            # drivers that tell the kernel up front override it
+    cdef int attach(self, Endpoint ep) except -1:
+        raise NotImplementedError  # abstract
 
     cdef int start_reading(self, Endpoint ep) except -1:
         raise NotImplementedError  # abstract
@@ -176,7 +232,7 @@ cdef class Driver:
     cdef int stop_reading(self, Endpoint ep) except -1:
         raise NotImplementedError  # abstract
 
-    cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n):
+    cdef Py_ssize_t try_send(self, Endpoint ep, const char *buf, Py_ssize_t n):
         cdef Py_ssize_t sent
         while True:
             sent = send(ep.fd, buf, <size_t>n, MSG_NOSIGNAL | MSG_DONTWAIT)
@@ -188,13 +244,13 @@ cdef class Driver:
                 return 0
             return -errno
 
-    cdef int flush(self, Endpoint ep) except -1:
+    cdef int send(self, Endpoint ep, Request req, bint now) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int cancel_send(self, Endpoint ep, Request req) except -1:
         raise NotImplementedError  # abstract
 
     cdef int watch(self, Endpoint ep, uint32_t events) except -1:
-        raise NotImplementedError  # abstract
-
-    cdef int send_datagram(self, Endpoint ep, Request req) except -1:
         raise NotImplementedError  # abstract
 
     cdef int release(self, Endpoint ep) except -1:
@@ -222,10 +278,9 @@ cdef class Driver:
 
     cdef int reset_stream(self, Endpoint ep) except -1:
         # An aborted stream with zero-copy sends the peer never acked: the
-        # kernel would hold (and we would have to keep) those pages until it
-        # gives up retransmitting. connect(AF_UNSPEC) disconnects the TCP
-        # socket without closing the fd: the write queue is purged, and the
-        # completion notices arrive at once.
+        # kernel would keep the pages until it gives up retransmitting.
+        # connect(AF_UNSPEC) disconnects the TCP socket without closing the
+        # fd: the write queue is purged, and the notices come at once.
         cdef sockaddr addr
         memset(&addr, 0, sizeof(addr))
         addr.sa_family = AF_UNSPEC
@@ -233,9 +288,10 @@ cdef class Driver:
         return 0
 
     cdef int dispatch_error(self, object exc) except -1:
-        # An on_* call raised (only BaseExceptions that transports do not
-        # handle themselves get here, e.g. KeyboardInterrupt). The driver
-        # finishes its batch so no event is lost, then poll() re-raises.
+        # An on_* call let an exception through (only BaseExceptions that
+        # transports do not handle themselves, e.g. KeyboardInterrupt). The
+        # driver finishes its batch so no event is lost; poll() raises it
+        # at the end (check_pending).
         if self.pending_exc is None:
             self.pending_exc = exc
         return 0

@@ -4,9 +4,10 @@
 Streams read until the kernel runs dry (a short read means it has: a stream
 recv returns all that is queued up to the buffer size), at most
 READS_PER_WAKEUP rounds per wakeup for fairness; the rest is owed in the
-next iteration. Writes go out directly (Driver.send_now); EPOLLOUT is
-registered only while a backlog remains. Watchers (add_reader/add_writer) are
-level-triggered, as selectors are.
+next iteration. Writes go out directly (Driver.try_send); a send Request
+(what the socket did not take at once) goes out as soon as the socket takes
+it, EPOLLOUT registered only while one waits. Watchers (add_reader/
+add_writer) are level-triggered, as selectors are.
 """
 
 from cpython.exc cimport PyErr_CheckSignals
@@ -24,11 +25,18 @@ cdef enum:
     READS_PER_WAKEUP = 8
     ACCEPTS_PER_WAKEUP = 128
     DGRAMS_PER_WAKEUP = 64
+    # Request.stage of a zero-copy send: the kernel reported a copy
+    ZC_COPIED = 1
 
 cdef uint32_t STREAM_EVENTS = EPOLLIN | EPOLLRDHUP | EPOLLET
 
-# Endpoints whose zero-copy sends were never reported when their loop closed.
-_kept_for_kernel = []
+# Zero-copy sends the kernel never reported when their loop closed: their
+# memory is never freed.
+_stranded = []
+
+
+cdef class ZeroCopyState:
+    pass
 
 
 cdef class EpollDriver(Driver):
@@ -42,7 +50,7 @@ cdef class EpollDriver(Driver):
         self.endpoints = {}
         self.slots = [None]         # slot 0: the wakeup eventfd (key 0)
         self.free_slots = []
-        self.pending = []
+        self.deferred = []
         self.rearm = []
         self.zc_waiting = set()
         self.epfd = self.wakefd = self.reserve_fd = -1
@@ -72,6 +80,7 @@ cdef class EpollDriver(Driver):
             self.rbuf = NULL
 
     cdef int close(self) except -1:
+        cdef Endpoint ep
         if self.closed:
             return 0
         # Zero-copy sends not reported yet: reset those streams so the
@@ -79,11 +88,11 @@ cdef class EpollDriver(Driver):
         # that keeps its objects forever rather than risk the kernel
         # reading freed memory.
         for ep in list(self.zc_waiting) + list(self.endpoints.values()):
-            if (<Endpoint>ep).zc_hold:
+            if ep.zc is not None and (<ZeroCopyState>ep.zc).in_flight:
                 self.reset_stream(ep)
                 self.read_zc_notices(ep)
-                if (<Endpoint>ep).zc_hold:
-                    _kept_for_kernel.append(ep)
+                if (<ZeroCopyState>ep.zc).in_flight:
+                    _stranded.append(ep.zc)
         self.closed = True
         for fd in (self.epfd, self.wakefd, self.reserve_fd):
             if fd >= 0:
@@ -91,7 +100,7 @@ cdef class EpollDriver(Driver):
         self.epfd = self.wakefd = self.reserve_fd = -1
         self.zc_waiting.clear()
         self.endpoints.clear()
-        self.pending.clear()
+        self.deferred.clear()
         self.rearm.clear()
         self.slots = [None]
         self.free_slots.clear()
@@ -117,7 +126,7 @@ cdef class EpollDriver(Driver):
         ep.armed = events
         return 0
 
-    cdef int register(self, Endpoint ep) except -1:
+    cdef int attach(self, Endpoint ep) except -1:
         # A registration names the endpoint by a key the driver looks up,
         # not by its address: the kernel may keep a registration after its
         # fd was closed (another descriptor still holds the file: a dup(),
@@ -185,9 +194,9 @@ cdef class EpollDriver(Driver):
         return 0
 
     cdef int defer(self, Endpoint ep) except -1:
-        if not ep.flags & EP_PENDING:
-            ep.flags |= EP_PENDING
-            self.pending.append(ep)
+        if not ep.flags & EP_DEFERRED:
+            ep.flags |= EP_DEFERRED
+            self.deferred.append(ep)
         return 0
 
     cdef int set_out(self, Endpoint ep, bint on) except -1:
@@ -206,115 +215,121 @@ cdef class EpollDriver(Driver):
         cdef unsigned int want = 0
         if ep.flags & EP_RELEASING:
             return 0
-        if ep.kind == KIND_WATCHER:
-            # Level-triggered like selectors (a callback that reads only
-            # part of the data is called again), built from one-shot
-            # registrations re-armed after the callbacks ran (poll()): a
-            # registration that outlived its fd fires at most once.
-            if events & POLLIN:
-                want |= EPOLLIN
-            if events & POLLOUT:
-                want |= EPOLLOUT
-            if want:
-                want |= EPOLLONESHOT
-            if want != ep.armed:
-                self.ctl(EPOLL_CTL_MOD, ep, want)
-            return 0
-        raise ValueError("watch() is for watchers")
+        if ep.kind != KIND_WATCHER:
+            raise ValueError("watch() is for watchers")
+        # Level-triggered like selectors (a callback that reads only part of
+        # the data is called again), built from one-shot registrations
+        # re-armed after the callbacks ran (poll()): a registration that
+        # outlived its fd fires at most once.
+        if events & POLLIN:
+            want |= EPOLLIN
+        if events & POLLOUT:
+            want |= EPOLLOUT
+        if want:
+            want |= EPOLLONESHOT
+        if want != ep.armed:
+            self.ctl(EPOLL_CTL_MOD, ep, want)
+        return 0
 
-    cdef int send_datagram(self, Endpoint ep, Request req) except -1:
+    # -- sending --------------------------------------------------------------
+
+    cdef int send(self, Endpoint ep, Request req, bint now) except -1:
         if ep.flags & EP_RELEASING:
             return 0
-        if ep.send_queue is None:
-            ep.send_queue = collections.deque()
-        ep.send_queue.append(req)
-        if len(ep.send_queue) == 1:
-            return self.flush_datagrams(ep)
-        return 0                # EPOLLOUT is armed for the older ones
+        if ep.kind == KIND_DATAGRAM:
+            if ep.send_queue is None:
+                ep.send_queue = collections.deque()
+            ep.send_queue.append(req)
+            if len(ep.send_queue) == 1:
+                return self.push_datagrams(ep)
+            return 0                # EPOLLOUT is armed for the older ones
+        if ep.sending is not None:
+            raise RuntimeError("a stream has one send request at a time")
+        ep.sending = req
+        if now:
+            return self.push(ep)
+        # The caller just found the socket full: wait for room.
+        return self.set_out(ep, True)
 
-    cdef int flush_datagrams(self, Endpoint ep) except -1:
-        # Oldest first, each as soon as the kernel takes it; EPOLLOUT only
-        # while some wait.
-        cdef Request req
+    cdef int push(self, Endpoint ep) except -1:
+        # Send what the stream's Request still holds, for as long as the
+        # socket takes it; EPOLLOUT only while some waits.
+        cdef Request req = ep.sending
         cdef Py_ssize_t n
-        cdef object queue = ep.send_queue
-        while queue and not ep.flags & EP_RELEASING:
-            req = queue[0]
-            n = sendmsg(ep.fd, &req.msg, MSG_NOSIGNAL | MSG_DONTWAIT)
-            if n < 0 and errno == EINTR:
-                continue
-            if n < 0 and errno == EAGAIN:
+        while req.done < req.size:
+            n = self.send_some(ep, req)
+            if n > 0:
+                req.consume(n)
+            elif n == 0:
+                if req.op == REQ_SENDFILE:
+                    break               # the file ended early
                 return self.set_out(ep, True)
-            queue.popleft()
-            ep.on_datagram_sent(req, 0 if n >= 0 else errno)
-        return self.set_out(ep, False)
+            elif n < 0 and errno == EINTR:
+                continue
+            elif n < 0 and errno == EAGAIN:
+                return self.set_out(ep, True)
+            elif n < 0:
+                return self.finish_send(ep, req, -errno)
+        return self.finish_send(ep, req, req.done)
 
-    cdef int flush(self, Endpoint ep) except -1:
-        cdef Py_ssize_t n
+    cdef Py_ssize_t send_some(self, Endpoint ep, Request req) except -2:
         cdef long off
-        if ep.flags & EP_RELEASING:
-            return 0
-        while True:
-            if ep.prepare_send() == 0:
-                ep.flags &= ~EP_SENDING
-                return self.set_out(ep, False)
-            ep.flags |= EP_SENDING
-            if ep.send_mode == SEND_FILE:
-                off = ep.file_offset
-                n = sendfile(ep.fd, ep.file_fd, &off,
-                             min(ep.file_count, <size_t>SENDFILE_MAX))
-                if n > 0:
-                    ep.sendfile_bytes += n
-                    self.sendfile_bytes += n
-            elif ep.send_mode == SEND_ZEROCOPY:
-                n = self.send_zerocopy(ep)
-            else:
-                n = sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
-            if n >= 0:
-                ep.on_sent(n)
-                if ep.flags & EP_RELEASING:
-                    return 0    # the owner let go (a finished sock_sendfile)
-                continue
-            if errno == EINTR:
-                continue
-            if errno == EAGAIN:
-                return self.set_out(ep, True)
-            ep.flags &= ~EP_SENDING
-            self.set_out(ep, False)
-            return ep.on_send_error(errno)
+        cdef Py_ssize_t n
+        if req.op == REQ_SENDFILE:
+            off = req.file_offset
+            n = sendfile(ep.fd, req.file_fd, &off,
+                         min(<size_t>(req.size - req.done),
+                             <size_t>SENDFILE_MAX))
+            return n
+        if req.op == REQ_SEND_ZC:
+            return self.send_zerocopy(ep, req)
+        return sendmsg(ep.fd, &req.msg, MSG_NOSIGNAL | MSG_DONTWAIT)
 
-    cdef Py_ssize_t send_zerocopy(self, Endpoint ep) except -2:
+    cdef int finish_send(self, Endpoint ep, Request req, Py_ssize_t res) except -1:
+        ep.sending = None
+        self.set_out(ep, False)
+        if req.op == REQ_SEND_ZC and req.notices_due == 0:
+            ep.on_zc_report(req.stage & ZC_COPIED)
+        return ep.on_sent(req, res)
+
+    cdef int cancel_send(self, Endpoint ep, Request req) except -1:
+        # Nothing of a readiness send is in the kernel between two calls.
+        if ep.sending is not req:
+            return 0
+        return self.finish_send(ep, req, -ECANCELED)
+
+    cdef Py_ssize_t send_zerocopy(self, Endpoint ep, Request req) except -2:
         # MSG_ZEROCOPY: the kernel pins the pages and tells us through the
-        # socket's error queue when it is done; until then the objects stay
-        # in ep.zc_hold. Each successful call gets the next sequence number.
+        # socket's error queue when it is done; until then the Request
+        # stays in ep.zc. Each successful call gets the next number.
         cdef int one = 1
         cdef Py_ssize_t n
-        if ep.zc_pending >= 2:
+        cdef ZeroCopyState zc = ep.zc
+        if zc is not None and len(zc.in_flight) >= 2:
             # A writer that never yields to the loop would never see the
             # notices (EPOLLERR): look now, so that "the kernel copied
             # anyway" (loopback) turns zero copy off after a send or two.
             self.read_zc_notices(ep)
         if not ep.flags & EP_ZC_READY:
             if setsockopt(ep.fd, SOL_SOCKET, SO_ZEROCOPY, &one, sizeof(one)) < 0:
-                ep.on_zc_report(True)       # not on this socket: copy
-                return sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+                req.stage |= ZC_COPIED      # not on this socket: copy
+                return sendmsg(ep.fd, &req.msg, MSG_NOSIGNAL | MSG_DONTWAIT)
             ep.flags |= EP_ZC_READY
-            ep.zc_hold = collections.deque()
-        n = sendmsg(ep.fd, &ep.send_msg,
+            if ep.zc is None:
+                zc = ZeroCopyState.__new__(ZeroCopyState)
+                zc.in_flight = collections.deque()
+                ep.zc = zc
+        zc = ep.zc
+        n = sendmsg(ep.fd, &req.msg,
                     MSG_NOSIGNAL | MSG_DONTWAIT | MSG_ZEROCOPY)
         if n >= 0:
-            ep.zc_hold.append((ep.zc_seq, ep.send_refs))
-            ep.zc_seq += 1
-            ep.zc_pending += 1
-            ep.inflight += 1
-            ep.zc_sends += 1
-            ep.zc_bytes += n
-            self.zc_sends += 1
-            self.zc_bytes += n
+            zc.in_flight.append((zc.next_seq, req))
+            zc.next_seq += 1
+            req.notices_due += 1
         elif errno == ENOBUFS:
             # Out of optmem for pinned pages: this and later sends copy.
-            ep.on_zc_report(True)
-            n = sendmsg(ep.fd, &ep.send_msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            req.stage |= ZC_COPIED
+            n = sendmsg(ep.fd, &req.msg, MSG_NOSIGNAL | MSG_DONTWAIT)
         return n
 
     cdef int read_zc_notices(self, Endpoint ep) except -1:
@@ -322,9 +337,8 @@ cdef class EpollDriver(Driver):
         cdef msghdr msg
         cdef cmsghdr *cm
         cdef sock_extended_err *serr
-        cdef unsigned int lo, hi, seq
-        cdef bint copied
-        while ep.zc_hold:
+        cdef ZeroCopyState zc = ep.zc
+        while zc is not None and zc.in_flight:
             memset(&msg, 0, sizeof(msg))
             msg.msg_control = control
             msg.msg_controllen = sizeof(control)
@@ -339,46 +353,58 @@ cdef class EpollDriver(Driver):
                     serr = <sock_extended_err *>CMSG_DATA(cm)
                     if (serr.ee_origin == SO_EE_ORIGIN_ZEROCOPY
                             and serr.ee_errno == 0):
-                        lo = serr.ee_info
-                        hi = serr.ee_data
-                        copied = (serr.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0
-                        self.release_zc(ep, lo, hi, copied)
+                        self.release_zc(
+                            ep, serr.ee_info, serr.ee_data,
+                            (serr.ee_code & SO_EE_CODE_ZEROCOPY_COPIED) != 0)
                 cm = CMSG_NXTHDR(&msg, cm)
-        if not ep.zc_hold and ep.flags & EP_RELEASING and not ep.flags & EP_RELEASED:
+        if (zc is not None and not zc.in_flight and ep.flags & EP_RELEASING
+                and not ep.flags & EP_RELEASED):
             self.finish_release(ep)
         return 0
 
     cdef int release_zc(self, Endpoint ep, unsigned int lo, unsigned int hi,
                         bint copied) except -1:
-        # A notice covers the sequence numbers [lo, hi] (32-bit, wrapping).
-        # Notices usually come in order, but not always (after a reset this
-        # kernel reported [1..4] before [0]): release whatever falls in the
-        # range, wherever it sits.
+        # A notice covers the numbers [lo, hi] (32-bit, wrapping). Notices
+        # usually come in order, but not always (after a reset this kernel
+        # reported [1..4] before [0]): release whatever falls in the range,
+        # wherever it sits.
+        cdef ZeroCopyState zc = ep.zc
         cdef unsigned int seq
-        cdef int count = 0
-        cdef object keep = None
-        while ep.zc_hold:
-            seq = ep.zc_hold[0][0]
+        cdef Request req
+        cdef object keep = collections.deque()
+        for entry in zc.in_flight:
+            seq = entry[0]
             if <unsigned int>(seq - lo) > <unsigned int>(hi - lo):
-                break
-            ep.zc_hold.popleft()
-            count += 1
-        if ep.zc_hold:
-            keep = collections.deque()
-            for entry in ep.zc_hold:
-                seq = entry[0]
-                if <unsigned int>(seq - lo) > <unsigned int>(hi - lo):
-                    keep.append(entry)
-                else:
-                    count += 1
-            ep.zc_hold = keep
-        ep.zc_pending -= count
-        ep.inflight -= count
-        if copied:
-            ep.zc_copied += count
-            self.zc_copied += count
-        ep.on_zc_report(copied)
+                keep.append(entry)
+                continue
+            req = <Request>entry[1]
+            req.notices_due -= 1
+            if copied:
+                req.stage |= ZC_COPIED
+            if (req.notices_due == 0 and ep.sending is not req
+                    and not ep.flags & EP_RELEASING):
+                ep.on_zc_report(req.stage & ZC_COPIED)
+        zc.in_flight = keep
         return 0
+
+    cdef int push_datagrams(self, Endpoint ep) except -1:
+        # Oldest first, each as soon as the kernel takes it; EPOLLOUT only
+        # while some wait.
+        cdef Request req
+        cdef Py_ssize_t n
+        cdef object queue = ep.send_queue
+        while queue and not ep.flags & EP_RELEASING:
+            req = queue[0]
+            n = sendmsg(ep.fd, &req.msg, MSG_NOSIGNAL | MSG_DONTWAIT)
+            if n < 0 and errno == EINTR:
+                continue
+            if n < 0 and errno == EAGAIN:
+                return self.set_out(ep, True)
+            queue.popleft()
+            ep.on_sent(req, n if n >= 0 else -errno)
+        return self.set_out(ep, False)
+
+    # -- releasing ------------------------------------------------------------
 
     cdef int finish_release(self, Endpoint ep) except -1:
         self.unregister(ep)
@@ -387,18 +413,19 @@ cdef class EpollDriver(Driver):
         return ep.on_released()
 
     cdef int release(self, Endpoint ep) except -1:
-        cdef epoll_event ev
+        cdef ZeroCopyState zc = ep.zc
         if ep.flags & EP_RELEASING:
             return 0
         ep.flags |= EP_RELEASING
-        ep.flags &= ~(EP_READING | EP_SENDING)
+        ep.flags &= ~EP_READING
         ep.send_queue = None
+        ep.sending = None
         if not ep.flags & EP_ADDED:
             ep.flags |= EP_RELEASED
             return ep.on_released()
         if self.endpoints.get(ep.fd) is ep:
             del self.endpoints[ep.fd]
-        if ep.zc_hold and ep.flags & EP_ABORTIVE:
+        if zc is not None and zc.in_flight and ep.flags & EP_ABORTIVE:
             # Aborted (or failed) with zero-copy sends unreported: reset the
             # stream so the kernel drops its queue and reports now, and do
             # not wait for notices that a dead socket may never send. What
@@ -408,20 +435,15 @@ cdef class EpollDriver(Driver):
             self.read_zc_notices(ep)        # may finish the release itself
             if ep.flags & EP_RELEASED:
                 return 0
-            ep.zc_hold = None
-            ep.inflight -= ep.zc_pending
-            ep.zc_pending = 0
-        if ep.zc_hold:
+            zc.in_flight.clear()
+        if zc is not None and zc.in_flight:
             # A graceful close: the peer still receives what pinned pages of
             # zero-copy sends hold, so keep the fd and the objects until the
             # error queue releases them; only EPOLLERR is wanted now.
             self.zc_waiting.add(ep)
             self.ctl(EPOLL_CTL_MOD, ep, EPOLLET)
             return 0
-        # Events for it still in the current batch no longer find it.
-        self.unregister(ep)
-        ep.flags |= EP_RELEASED
-        return ep.on_released()
+        return self.finish_release(ep)
 
     # -- the loop -----------------------------------------------------------
 
@@ -432,8 +454,8 @@ cdef class EpollDriver(Driver):
         cdef list rearm
         # Endpoints deferred by an earlier iteration are read in this one,
         # after its events; those this one defers wait for the next.
-        cdef list todo = self.pending
-        self.pending = []
+        cdef list todo = self.deferred
+        self.deferred = []
         if todo:
             timeout_ms = 0
         if self.rearm:
@@ -462,28 +484,22 @@ cdef class EpollDriver(Driver):
             ep = self.lookup(key)
             if ep is None:
                 continue
-            if ep.flags & EP_RELEASING:
-                if ep.flags & EP_RELEASED or not ep.zc_hold:
-                    continue
             try:
-                if self.events[i].events & EPOLLERR and ep.zc_hold:
+                if (self.events[i].events & EPOLLERR and ep.zc is not None
+                        and (<ZeroCopyState>ep.zc).in_flight):
                     self.read_zc_notices(ep)
-                if ep.flags & EP_RELEASING:
-                    continue
-            except BaseException as exc:
-                self.dispatch_error(exc)
-            try:
-                self.handle(ep, self.events[i].events)
+                if not ep.flags & EP_RELEASING:
+                    self.handle(ep, self.events[i].events)
             except BaseException as exc:
                 self.dispatch_error(exc)
         if todo:
-            self.run_pending(todo)
+            self.run_deferred(todo)
         return self.check_pending()
 
-    cdef int run_pending(self, list todo) except -1:
+    cdef int run_deferred(self, list todo) except -1:
         cdef Endpoint ep
         for ep in todo:
-            ep.flags &= ~EP_PENDING
+            ep.flags &= ~EP_DEFERRED
             if ep.flags & EP_RELEASING or not ep.flags & EP_READING:
                 continue
             try:
@@ -501,20 +517,20 @@ cdef class EpollDriver(Driver):
     cdef int handle(self, Endpoint ep, unsigned int ev) except -1:
         cdef int kind = ep.kind
         if kind == KIND_STREAM:
-            if ev & EPOLLOUT and ep.flags & EP_SENDING:
-                self.flush(ep)
-            if ep.flags & EP_READING and not ep.flags & EP_PENDING:
+            if ev & (EPOLLOUT | EPOLLERR) and ep.sending is not None:
+                self.push(ep)
+            if ep.flags & EP_READING and not ep.flags & EP_DEFERRED:
                 # A FIN or error that came with the data raises no new
                 # edge: then read on until recv() says 0 or EAGAIN.
                 self.read_stream(ep, (ev & (EPOLLRDHUP | EPOLLHUP |
                                             EPOLLERR)) != 0)
         elif kind == KIND_LISTENER:
-            if ep.flags & EP_READING and not ep.flags & EP_PENDING:
+            if ep.flags & EP_READING and not ep.flags & EP_DEFERRED:
                 self.accept_all(ep)
         elif kind == KIND_DATAGRAM:
             if ev & (EPOLLOUT | EPOLLERR) and ep.armed & EPOLLOUT:
-                self.flush_datagrams(ep)
-            if ep.flags & EP_READING and not ep.flags & EP_PENDING:
+                self.push_datagrams(ep)
+            if ep.flags & EP_READING and not ep.flags & EP_DEFERRED:
                 self.read_datagrams(ep)
         else:
             self.rearm.append(ep)           # one-shot: see watch()

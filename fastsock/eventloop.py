@@ -20,6 +20,7 @@ import stat
 import sys
 import warnings
 
+import asyncio
 from asyncio import base_events, constants, exceptions, sslproto
 from asyncio import unix_events
 
@@ -292,19 +293,27 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         if not blocksize:
             return 0
         self._ensure_fd_no_transport(sock.fileno())
-        job = _transports.send_file(self, sock.fileno(), fileno, offset,
-                                    blocksize)
+        sender = _transports.send_file(self, sock.fileno(), fileno, offset,
+                                       blocksize)
+        seg = sender.seg
         try:
-            return await job.done
+            return await seg.done
+        except exceptions.CancelledError:
+            # Stop the transfer, and give the socket back only once the
+            # kernel no longer works on it: nothing of the file may follow
+            # what the caller sends next, and the fd is free again.
+            sender.cancel()
+            await _outlast_cancellation(seg.done)
+            raise
         except OSError as exc:
-            if job.sent == 0 and exc.errno in (
+            if seg.sent == 0 and exc.errno in (
                     errno.EINVAL, errno.ENOTSOCK, errno.EOPNOTSUPP):
                 raise exceptions.SendfileNotAvailableError(
                     f"sendfile is not available for {sock!r}: {exc}")
             raise
         finally:
-            if job.sent > 0:
-                file.seek(offset + job.sent)
+            if seg.sent > 0:
+                file.seek(offset + seg.sent)
 
     async def _sendfile_native(self, transp, file, offset, count):
         if not isinstance(transp, _transports.StreamTransport):
@@ -316,21 +325,37 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         if not blocksize:
             return 0
         await transp._make_empty_waiter()      # what write() queued first
-        job = None
+        seg = None
         try:
-            job = transp._sendfile(fileno, offset, blocksize)
-            return await job.done
+            seg = transp._sendfile(fileno, offset, blocksize)
+            return await seg.done
+        except exceptions.CancelledError:
+            if seg is not None:
+                # Stop at the cancel, as asyncio does; what follows on the
+                # stream starts where the file stopped.
+                transp._cancel_sendfile(seg)
+                await _outlast_cancellation(seg.done)
+            raise
         finally:
             transp._reset_empty_waiter()
-            if job is not None and job.sent > 0:
-                file.seek(offset + job.sent)
+            if seg is not None and seg.sent > 0:
+                file.seek(offset + seg.sent)
+
+    async def _sock_sendfile_fallback(self, sock, file, offset, count):
+        # asyncio's, except that the file is read from `offset` even when it
+        # is 0 (CPython 3.11-3.13 seek only for a true offset, so a moved
+        # file position was sent from; gh-150107).
+        if hasattr(file, 'seek'):
+            file.seek(offset)
+        return await super()._sock_sendfile_fallback(sock, file, offset,
+                                                     count)
 
     async def _sendfile_fallback(self, transp, file, offset, count):
         if not isinstance(transp, _transports.StreamTransport):
             return await super()._sendfile_fallback(transp, file, offset,
                                                     count)
-        if offset:
-            file.seek(offset)
+        if hasattr(file, 'seek'):
+            file.seek(offset)       # also for 0 (gh-150107)
         blocksize = min(count, 256 * 1024) if count else 256 * 1024
         buf = bytearray(blocksize)
         total_sent = 0
@@ -352,6 +377,16 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
             if total_sent > 0 and hasattr(file, 'seek'):
                 file.seek(offset + total_sent)
             await proto.restore()
+
+
+async def _outlast_cancellation(fut):
+    # Wait for `fut` to complete even if the awaiting task is cancelled
+    # again meanwhile (it already is being cancelled).
+    while not fut.done():
+        try:
+            await asyncio.wait((fut,))
+        except exceptions.CancelledError:
+            pass
 
 
 class _SendfileProtocol(base_events._SendfileFallbackProtocol):

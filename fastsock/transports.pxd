@@ -1,4 +1,4 @@
-from fastsock.driver cimport Driver, Endpoint
+from fastsock.driver cimport Driver, Endpoint, Request
 from fastsock.loop cimport CoreLoop
 
 
@@ -39,20 +39,22 @@ cdef class BaseTransport(Endpoint):
 
 
 cdef class FileSegment:
-    # A stretch of a file queued by loop.sendfile(): sent by the driver
-    # (SEND_FILE), not counted in the write buffer size.
+    # A stretch of a file queued by loop.sendfile() or lent to one
+    # sock_sendfile(): sent by the driver as a REQ_SENDFILE Request, not
+    # counted in the write buffer size.
     cdef:
         int fd
         long long offset
         Py_ssize_t remaining
         readonly Py_ssize_t sent
         readonly object done        # future: total bytes sent
+        Request request             # the driver's, while it sends
 
 
 cdef class PinnedBuffer:
     # A caller's buffer for write_zerocopy(): exported (pinned) while queued
-    # or held for the kernel; its future resolves when the last reference
-    # goes, i.e. when the kernel has released the memory.
+    # or in flight; its future resolves when the last reference goes, i.e.
+    # when the kernel has released the memory.
     cdef:
         Py_buffer view
         bint has_view
@@ -64,13 +66,19 @@ cdef class PinnedBuffer:
     cdef PinnedBuffer new(CoreLoop loop, object data, object done)
 
 
+cdef enum:
+    # bytes one gathered send Request carries at most: the write buffer's
+    # size drops (and resume_writing() comes) as each one completes
+    SEND_BYTES_MAX = 1024 * 1024
+
+
 cdef class StreamTransport(BaseTransport):
     cdef:
-        list wbuf                   # bytes, PinnedBuffer or FileSegment
+        list wbuf                   # the write buffer: bytes, PinnedBuffer
+                                    # or FileSegment
         Py_ssize_t wbuf_start       # first live entry of wbuf
         Py_ssize_t wbuf_offset      # bytes of wbuf[wbuf_start] already sent
         Py_ssize_t wbuf_size
-        list held                   # an aborted backlog the kernel may read
         bint eof                    # write_eof() called
         bint buffered               # protocol is a BufferedProtocol
         object data_received        # the protocol's bound method
@@ -78,17 +86,22 @@ cdef class StreamTransport(BaseTransport):
         object empty_waiter
         Py_ssize_t zc_threshold     # bytes writes this large go zero-copy
         bint zc_enabled             # off once the kernel copied anyway
+        # counters (zerocopy_stats())
+        unsigned long long zc_sends, zc_bytes, zc_copied, sendfile_bytes
 
     @staticmethod
     cdef StreamTransport new(CoreLoop loop, object sock, object protocol,
                              object waiter, object extra, object server)
     cdef int queue(self, object data, Py_ssize_t skip) except -1
     cdef bint zc_eligible(self, object entry)
-    cdef int file_sent(self, Py_ssize_t n) except -1
+    cdef int start_send(self, bint now) except -1
+    cdef int advance(self, Py_ssize_t n) except -1
     cdef int after_sent(self) except -1
+    cdef int file_sent(self, Request req, Py_ssize_t n) except -1
     cdef int fail_files(self, object exc) except -1
     cdef int feed_buffered(self, const char *buf, Py_ssize_t n) except -1
-    cdef int send_done(self) except -1
+    cdef int drained(self) except -1
+    cdef int on_send_error(self, int err) except -1
 
 
 cdef class DatagramTransport(BaseTransport):
@@ -106,12 +119,12 @@ cdef class DatagramTransport(BaseTransport):
 
 
 cdef class FileSender(Endpoint):
-    # loop.sock_sendfile(): a user's socket borrowed for one transfer. It
-    # does not own the fd; the driver sends the file (SEND_FILE) and the
-    # result future resolves once the driver has forgotten the fd.
+    # loop.sock_sendfile(): a user's socket lent for one transfer. It does
+    # not own the fd; the driver sends the file and the result future
+    # resolves once the driver has forgotten the fd.
     cdef:
         CoreLoop loop
-        FileSegment seg
+        readonly FileSegment seg
         object error
 
 

@@ -20,9 +20,8 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
                              PyBUF_SIMPLE, PyBUF_WRITABLE)
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_FromStringAndSize)
-from libc.stdint cimport uint64_t
+from libc.stdint cimport uint32_t, uint64_t
 from libc.string cimport memcpy, strlen
-from libc.stdint cimport uint32_t
 
 from fastsock.driver cimport *
 from fastsock.system cimport *
@@ -542,6 +541,13 @@ cdef class StreamTransport(BaseTransport):
                                 'Fatal read error on socket transport')
 
     # -- writing ---------------------------------------------------------------
+    #
+    # The write buffer (wbuf) holds what the kernel has not taken: bytes,
+    # PinnedBuffers (write_zerocopy) and FileSegments (loop.sendfile). A
+    # write to an idle stream goes to the kernel at once (try_send), as
+    # asyncio's does; what the socket does not take goes to the driver as
+    # one send Request at a time (start_send), gathered from the head of
+    # the buffer, and the driver reports it done (on_sent).
 
     def write(self, data):
         cdef Py_buffer view
@@ -562,14 +568,15 @@ cdef class StreamTransport(BaseTransport):
             self.conn_lost += 1
             return
         if self.wbuf or self.zc_eligible(data):
-            # A backlog is being sent (keep order), or this goes zero-copy.
+            # Queued behind what waits (keep order), or zero-copy: the
+            # driver sends it.
             self.queue(data, 0)
-            if not self.flags & EP_SENDING:
-                self.loop.driver.flush(self)
+            if self.sending is None:
+                self.start_send(True)
             return self.maybe_pause_protocol()
-        # The common case: nothing queued, so try the kernel right away.
+        # The common case: nothing queued, so the kernel takes it now.
         if is_bytes:
-            sent = self.loop.driver.send_now(self, PyBytes_AS_STRING(data),
+            sent = self.loop.driver.try_send(self, PyBytes_AS_STRING(data),
                                              PyBytes_GET_SIZE(data))
             if sent == PyBytes_GET_SIZE(data):
                 return
@@ -580,7 +587,7 @@ cdef class StreamTransport(BaseTransport):
                 data = memoryview(data).tobytes()     # not contiguous
                 PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
             try:
-                sent = self.loop.driver.send_now(self, <const char *>view.buf,
+                sent = self.loop.driver.try_send(self, <const char *>view.buf,
                                                  view.len)
                 if sent == view.len:
                     return
@@ -590,7 +597,7 @@ cdef class StreamTransport(BaseTransport):
             return self.fatal_error(errno_error(-sent),
                                     'Fatal write error on socket transport')
         self.queue(data, sent)
-        self.loop.driver.flush(self)
+        self.start_send(False)          # the socket is full: wait for room
         self.maybe_pause_protocol()
 
     def writelines(self, list_of_data):
@@ -622,61 +629,77 @@ cdef class StreamTransport(BaseTransport):
                     and PyBytes_GET_SIZE(entry) >= self.zc_threshold)
         return type(entry) is PinnedBuffer
 
-    cdef int prepare_send(self) except -1:
-        # What goes next: a file segment alone, or a run of entries that
-        # share a mode (zero-copy or copied), gathered into one sendmsg.
-        cdef int i = 0
+    cdef int start_send(self, bint now) except -1:
+        # One send Request from the head of the write buffer: a file
+        # segment alone, or a run of entries that share a mode (zero-copy
+        # or copied), up to SEND_IOV_MAX buffers and SEND_BYTES_MAX bytes.
+        # The Request holds what its iovecs point into until the kernel is
+        # done with it, whatever becomes of this transport.
         cdef Py_ssize_t idx = self.wbuf_start
         cdef Py_ssize_t end = len(self.wbuf)
         cdef Py_ssize_t offset = self.wbuf_offset
+        cdef Py_ssize_t total = 0
+        cdef int count = 0
         cdef FileSegment seg
         cdef PinnedBuffer pinned
+        cdef Request req
         cdef bint zc
-        self.send_refs = None
         if idx == end:
             return 0
         entry = self.wbuf[idx]
         if type(entry) is FileSegment:
             seg = <FileSegment>entry
-            self.send_mode = SEND_FILE
-            self.file_fd = seg.fd
-            self.file_offset = seg.offset
-            self.file_count = seg.remaining
-            return 1
+            req = Request.file_span(self, seg.fd, seg.offset, seg.remaining)
+            seg.request = req
+            return self.loop.driver.send(self, req, now)
         zc = self.zc_eligible(entry)
-        if zc:
-            self.send_refs = []
-        while idx < end and i < SEND_IOV_MAX:
-            entry = self.wbuf[idx]
+        while (idx + count < end and count < SEND_IOV_MAX
+               and total < SEND_BYTES_MAX):
+            entry = self.wbuf[idx + count]
             if type(entry) is FileSegment or self.zc_eligible(entry) != zc:
                 break
             if type(entry) is bytes:
-                self.send_iov[i].iov_base = PyBytes_AS_STRING(entry) + offset
-                self.send_iov[i].iov_len = PyBytes_GET_SIZE(entry) - offset
+                total += PyBytes_GET_SIZE(entry) - offset
+            else:
+                total += (<PinnedBuffer>entry).view.len - offset
+            offset = 0
+            count += 1
+        req = Request.gathered(self, REQ_SEND_ZC if zc else REQ_SENDMSG,
+                               count)
+        offset = self.wbuf_offset
+        for idx in range(self.wbuf_start, self.wbuf_start + count):
+            entry = self.wbuf[idx]
+            if type(entry) is bytes:
+                req.add_buffer(PyBytes_AS_STRING(entry) + offset,
+                               PyBytes_GET_SIZE(entry) - offset, entry)
             else:
                 pinned = <PinnedBuffer>entry
-                self.send_iov[i].iov_base = <char *>pinned.view.buf + offset
-                self.send_iov[i].iov_len = pinned.view.len - offset
-            if zc:
-                self.send_refs.append(entry)
+                req.add_buffer(<char *>pinned.view.buf + offset,
+                               pinned.view.len - offset, entry)
             offset = 0
-            idx += 1
-            i += 1
-        self.send_mode = SEND_ZEROCOPY if zc else SEND_BYTES
-        self.send_msg.msg_name = NULL
-        self.send_msg.msg_namelen = 0
-        self.send_msg.msg_iov = self.send_iov
-        self.send_msg.msg_iovlen = i
-        self.send_msg.msg_control = NULL
-        self.send_msg.msg_controllen = 0
-        self.send_msg.msg_flags = 0
-        return i
+        return self.loop.driver.send(self, req, now)
 
-    cdef int on_sent(self, Py_ssize_t n) except -1:
+    cdef int on_sent(self, Request req, Py_ssize_t res) except -1:
+        if res < 0:
+            if res == -ECANCELED and req.op == REQ_SENDFILE:
+                res = req.done              # a cancelled loop.sendfile()
+            else:
+                return self.on_send_error(<int>-res)
+        cdef Driver driver = self.loop.driver
+        if req.op == REQ_SENDFILE:
+            self.sendfile_bytes += res
+            driver.sendfile_bytes += res
+            return self.file_sent(req, res)
+        if req.op == REQ_SEND_ZC:
+            self.zc_sends += 1
+            self.zc_bytes += res
+            driver.zc_sends += 1
+            driver.zc_bytes += res
+        return self.advance(res)
+
+    cdef int advance(self, Py_ssize_t n) except -1:
+        # n bytes from the head of the write buffer went out.
         cdef Py_ssize_t left
-        self.send_refs = None
-        if self.send_mode == SEND_FILE:
-            return self.file_sent(n)
         self.wbuf_size -= n
         while n > 0:
             entry = self.wbuf[self.wbuf_start]
@@ -703,22 +726,36 @@ cdef class StreamTransport(BaseTransport):
             del self.wbuf[:self.wbuf_start]
             self.wbuf_start = 0
         self.maybe_resume_protocol()    # may write more
-        if not self.wbuf:
-            self.send_done()
+        if self.conn_lost:
+            return 0
+        if self.wbuf:
+            if self.sending is None:
+                self.start_send(True)
+        else:
+            self.drained()
         return 0
 
-    cdef int file_sent(self, Py_ssize_t n) except -1:
+    cdef int file_sent(self, Request req, Py_ssize_t n) except -1:
         cdef FileSegment seg = self.wbuf[self.wbuf_start]
         seg.offset += n
         seg.sent += n
         seg.remaining -= n
-        if n == 0 or seg.remaining <= 0:
-            # Done, or the file ended before `count` bytes.
-            self.wbuf[self.wbuf_start] = None
-            self.wbuf_start += 1
-            if not seg.done.done():
-                seg.done.set_result(seg.sent)
+        seg.request = None
+        # Done, the file ended before `count` bytes, or cancelled.
+        self.wbuf[self.wbuf_start] = None
+        self.wbuf_start += 1
+        if not seg.done.done():
+            seg.done.set_result(seg.sent)
         return self.after_sent()
+
+    def _cancel_sendfile(self, FileSegment seg):
+        # loop.sendfile() was cancelled: stop sending the file. A segment
+        # the driver is sending ends with on_sent(-ECANCELED), once the
+        # kernel no longer works on it; `done` resolves then.
+        if seg.request is not None:
+            self.loop.driver.cancel_send(self, seg.request)
+        elif not seg.done.done():
+            seg.done.set_result(seg.sent)
 
     cdef int fail_files(self, object exc) except -1:
         cdef FileSegment seg
@@ -733,10 +770,13 @@ cdef class StreamTransport(BaseTransport):
         if copied:
             # Loopback and some devices always copy; then zero copy only
             # adds the cost of pinning and notifications.
+            self.zc_copied += 1
+            self.loop.driver.zc_copied += 1
             self.zc_enabled = False
         return 0
 
-    cdef int send_done(self) except -1:
+    cdef int drained(self) except -1:
+        # The write buffer is empty.
         if self.empty_waiter is not None and not self.empty_waiter.done():
             self.empty_waiter.set_result(None)
         if self.closing:
@@ -756,22 +796,13 @@ cdef class StreamTransport(BaseTransport):
         return 0
 
     cdef int drop_backlog(self) except -1:
-        # An io_uring send may still point into these buffers: keep them
-        # until the driver releases the transport.
+        # A send in flight holds its own memory (the driver keeps its
+        # Request until the kernel is done): the buffer can go at once.
         if self.wbuf:
             self.fail_files(ConnectionError('Connection lost'))
-            if self.held is None:
-                self.held = []
-            self.held.append(self.wbuf)
             self.wbuf = []
         self.wbuf_size = self.wbuf_start = self.wbuf_offset = 0
         return 0
-
-    cdef int on_released(self) except -1:
-        # Nothing in the kernel reads these any more.
-        self.held = None
-        self.send_refs = None
-        return BaseTransport.on_released(self)
 
     def can_write_eof(self):
         return True
@@ -787,10 +818,14 @@ cdef class StreamTransport(BaseTransport):
 
     def write_zerocopy(self, data):
         """Send `data` (any contiguous buffer) without copying it when the
-        socket allows. Returns a future resolved once the kernel has
+        socket allows. Returns a future resolved (None) once the kernel has
         released the buffer: do not change the buffer before then. Where
         zero copy is not possible the data is sent by copy and the future
-        resolves once it is sent."""
+        resolves once it is sent. The future fails with ConnectionError if
+        the transport closes before the buffer was sent (again only once
+        the kernel let go of it). Raises RuntimeError after write_eof() or
+        while a sendfile is in progress, BufferError for a non-contiguous
+        buffer."""
         if self.eof:
             raise RuntimeError('Cannot call write() after write_eof()')
         if self.empty_waiter is not None:
@@ -807,13 +842,15 @@ cdef class StreamTransport(BaseTransport):
             self.wbuf_offset = 0
         self.wbuf.append(pinned)
         self.wbuf_size += pinned.view.len
-        self.loop.driver.flush(self)
+        if self.sending is None:
+            self.start_send(True)
         self.maybe_pause_protocol()
         return done
 
     def set_zerocopy_threshold(self, threshold):
         """bytes writes of at least `threshold` bytes go out zero-copy
-        (None: never). Mutable buffers are always copied by write()."""
+        (None: never). Mutable buffers are always copied by write().
+        Raises TypeError for a non-int, ValueError below 0."""
         if threshold is None:
             self.zc_threshold = NO_ZEROCOPY
         elif not isinstance(threshold, int):
@@ -828,9 +865,11 @@ cdef class StreamTransport(BaseTransport):
         return None if self.zc_threshold == NO_ZEROCOPY else self.zc_threshold
 
     def zerocopy_stats(self):
-        """Counters: zero-copy sends and their bytes, sends the kernel copied
-        anyway, bytes sent by loop.sendfile(), and whether zero copy is
-        still in use on this socket."""
+        """This transport's counters: 'zerocopy_sends' (zero-copy send
+        requests) and 'zerocopy_bytes' (their bytes), 'zerocopy_copied'
+        (those the kernel copied anyway), 'sendfile_bytes' (bytes sent by
+        loop.sendfile()), and 'zerocopy_enabled' (whether this socket still
+        uses zero copy)."""
         return {
             'zerocopy_sends': self.zc_sends,
             'zerocopy_bytes': self.zc_bytes,
@@ -840,8 +879,8 @@ cdef class StreamTransport(BaseTransport):
         }
 
     def _sendfile(self, file_fd, offset, count):
-        # loop.sendfile(): the backlog is empty (the caller waited) and
-        # write() refuses while the empty waiter is set.
+        # loop.sendfile(): the write buffer is empty (the caller waited)
+        # and write() refuses while the empty waiter is set.
         cdef FileSegment seg = FileSegment.__new__(FileSegment)
         seg.fd = file_fd
         seg.offset = offset
@@ -851,7 +890,8 @@ cdef class StreamTransport(BaseTransport):
             seg.done.set_exception(ConnectionError('Connection lost'))
             return seg
         self.wbuf.append(seg)
-        self.loop.driver.flush(self)
+        if self.sending is None:
+            self.start_send(True)
         return seg
 
     # -- sendfile support (asyncio's protocol for loop.sendfile) ---------------
@@ -964,7 +1004,7 @@ cdef class DatagramTransport(BaseTransport):
                 self.fatal_error(exc, 'Fatal write error on datagram transport')
                 return
         self.dbuf_size += req.size
-        self.loop.driver.send_datagram(self, req)
+        self.loop.driver.send(self, req, True)
         self.maybe_pause_protocol()
 
     cdef int send_through_socket(self, object data, object addr) except -1:
@@ -980,10 +1020,10 @@ cdef class DatagramTransport(BaseTransport):
             self.fatal_error(exc, 'Fatal write error on datagram transport')
         return 0
 
-    cdef int on_datagram_sent(self, Request req, int err) except -1:
+    cdef int on_sent(self, Request req, Py_ssize_t res) except -1:
         self.dbuf_size -= req.size
-        if err:
-            self.report_error(errno_error(err))
+        if res < 0:
+            self.report_error(errno_error(<int>-res))
         self.maybe_resume_protocol()
         if self.dbuf_size == 0 and self.closing and not self.conn_lost:
             self.conn_lost += 1
@@ -992,28 +1032,18 @@ cdef class DatagramTransport(BaseTransport):
 
 
 cdef class FileSender(Endpoint):
+    """loop.sock_sendfile(): a user's socket lent to the driver for one
+    file transfer (it does not own the fd); the result future resolves
+    once the driver has forgotten the fd."""
 
-    cdef int prepare_send(self) except -1:
-        if self.seg.remaining <= 0:
-            return 0
-        self.send_mode = SEND_FILE
-        self.file_fd = self.seg.fd
-        self.file_offset = self.seg.offset
-        self.file_count = self.seg.remaining
-        return 1
-
-    cdef int on_sent(self, Py_ssize_t n) except -1:
-        self.seg.offset += n
-        self.seg.sent += n
-        self.seg.remaining -= n
-        if n == 0 or self.seg.remaining <= 0:
-            self.seg.remaining = 0
-            self.loop.driver.release(self)
-        return 0
-
-    cdef int on_send_error(self, int err) except -1:
-        self.error = errno_error(err)
-        self.seg.remaining = 0
+    cdef int on_sent(self, Request req, Py_ssize_t res) except -1:
+        self.loop.driver.sendfile_bytes += req.done
+        self.seg.sent = req.done
+        self.seg.offset += req.done
+        self.seg.remaining -= req.done
+        if res < 0 and res != -ECANCELED:
+            self.error = errno_error(<int>-res)
+        self.seg.request = None
         return self.loop.driver.release(self)
 
     cdef int on_released(self) except -1:
@@ -1025,15 +1055,22 @@ cdef class FileSender(Endpoint):
             self.seg.done.set_result(self.seg.sent)
         return 0
 
+    def cancel(self):
+        # Stop the transfer; `done` resolves (bytes sent) once the kernel
+        # no longer works on it and the fd is the caller's again.
+        if self.seg.request is not None:
+            self.loop.driver.cancel_send(self, self.seg.request)
+
 
 def send_file(CoreLoop loop, int sock_fd, int file_fd, long long offset,
               Py_ssize_t count):
     """Send `count` bytes of file_fd from `offset` to the socket sock_fd
-    (not owned: the caller keeps it). Returns the FileSegment: its `done`
-    future gives the bytes sent (fewer if the file ends first), `sent`
-    counts them as they go."""
+    (not owned: the caller keeps it). Returns the FileSender: its `seg.done`
+    future gives the bytes sent (fewer if the file ends first) once the
+    loop no longer uses the socket; its cancel() stops the transfer."""
     cdef FileSender sender = FileSender.__new__(FileSender)
     cdef FileSegment seg = FileSegment.__new__(FileSegment)
+    cdef Request req
     seg.fd = file_fd
     seg.offset = offset
     seg.remaining = count
@@ -1043,8 +1080,10 @@ def send_file(CoreLoop loop, int sock_fd, int file_fd, long long offset,
     sender.loop = loop
     sender.seg = seg
     loop.driver.add(sender)
-    loop.driver.flush(sender)
-    return seg
+    req = Request.file_span(sender, file_fd, offset, count)
+    seg.request = req
+    loop.driver.send(sender, req, True)
+    return sender
 
 
 cdef class Listener(Endpoint):

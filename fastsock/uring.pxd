@@ -5,13 +5,6 @@ from fastsock.liburing cimport io_uring, io_uring_sqe, io_uring_buf_ring
 cdef enum:
     CQE_BATCH = 256
 
-cdef class ZcHold:
-    # One zero-copy send: what its pages belong to, kept until the kernel's
-    # notification CQE (IORING_CQE_F_NOTIF).
-    cdef:
-        Endpoint ep
-        object refs
-
 
 cdef class BufferRing:
     # A provided-buffer ring registered by hand (liburing 2.3 has no
@@ -31,7 +24,7 @@ cdef class BufferRing:
                         int group)
     cdef char *buf(self, unsigned int bid)
     cdef int give_back(self, unsigned int bid) except -1
-    cdef int leak(self) except -1
+    cdef int strand(self) except -1
 
 
 cdef class SplicePipe:
@@ -48,24 +41,28 @@ cdef class UringDriver(Driver):
         io_uring ring
         bint ring_ok
         bint enabled                # R_DISABLED ring enabled by its thread
-        Py_ssize_t direct_send_min  # write()s this large try send(2) first
         bint has_send_zc            # IORING_OP_SENDMSG_ZC is there
         dict pipes                  # Endpoint -> SplicePipe
         unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
         readonly unsigned int setup_flags
         int wakefd
-        int check_epfd              # add_reader()'s validation (see register)
+        int check_epfd              # add_reader()'s check (see attach)
         # provided buffers shared by every stream recv of this loop, and
         # (made on first use) by every UDP recvmsg
         BufferRing rbufs
         BufferRing dbufs
         unsigned int buf_count
         unsigned int buf_size
-        dict stash                  # Endpoint -> list of bytes / None (EOF)
-        list pending                # endpoints with stash to deliver
-        dict dgram_bufs             # Endpoint -> bytearray for recvmsg
-        set releasing               # released, CQEs still due
-        set requests                # sock_* Requests in the kernel
+        dict stash                  # Endpoint -> [bytes, (bytes, name), None
+                                    # (EOF)] read while the owner was not
+        list deferred               # endpoints with stash to deliver
+        dict dgram_bufs             # Endpoint -> Request: its recvmsg msghdr
+                                    # (and, AF_UNIX, buffer)
+        # What the kernel may still touch is held here until it is done:
+        # released endpoints whose CQEs are due (endpoints that are not
+        # released are in `endpoints`), and every Request in flight.
+        set releasing
+        set requests
         readonly dict counters
         uint64_t cqe_ud[CQE_BATCH]
         int cqe_res[CQE_BATCH]
@@ -74,25 +71,22 @@ cdef class UringDriver(Driver):
     @staticmethod
     cdef UringDriver new(object loop, unsigned int entries,
                          unsigned int cq_entries, unsigned int buf_count,
-                         unsigned int buf_size, Py_ssize_t direct_send_min)
+                         unsigned int buf_size)
 
-    cdef int check_watchable(self, int fd) except -1
     cdef int setup_ring(self, unsigned int entries,
                         unsigned int cq_entries) except -1
-    cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n)
+    cdef int check_watchable(self, int fd) except -1
     cdef io_uring_sqe *get_sqe(self) except NULL
     cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL
+    cdef io_uring_sqe *request_sqe(self, Request req, int stage) except NULL
     cdef int submit(self) except -1
     cdef int enable(self) except -1
+    cdef bint on_issuer_thread(self)
     cdef int reap(self) except -1
     cdef int complete(self, uint64_t ud, int res, uint32_t flags) except -1
-    cdef int finish_op(self, Endpoint ep, object owner) except -1
+    cdef int finish_op(self, Endpoint ep) except -1
     cdef int forget(self, Endpoint ep) except -1
-    cdef int send_zc(self, Endpoint ep) except -1
-    cdef int send_zc_done(self, ZcHold hold, int res, uint32_t flags) except -1
-    cdef int splice_done(self, Endpoint ep, int op, int res) except -1
-    cdef int wait_writable(self, Endpoint ep) except -1
-    cdef SplicePipe new_pipe(self, Endpoint ep)
+    cdef int drop_all(self) except -1
     cdef int arm_wake(self) except -1
     cdef int arm_recv(self, Endpoint ep) except -1
     cdef int arm_accept(self, Endpoint ep) except -1
@@ -101,18 +95,22 @@ cdef class UringDriver(Driver):
     cdef int prep_cancel_fd(self, Endpoint ep) except -1
     cdef int wait_some(self, long timeout_ms) except -1
     cdef int defer(self, Endpoint ep) except -1
-    cdef int run_pending(self, list todo) except -1
+    cdef int run_deferred(self, list todo) except -1
     cdef free_ring(self)
     cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1
     cdef int recvmsg_done(self, Endpoint ep, int res) except -1
-    cdef int send_done(self, Endpoint ep, int res) except -1
-    cdef int accept_done(self, Endpoint ep, int res, uint32_t flags) except -1
-    cdef int poll_done(self, Endpoint ep, int res) except -1
-    cdef int submit_datagrams(self, Endpoint ep) except -1
-    cdef int datagram_done(self, Request req, int res) except -1
-    cdef int request_done(self, Request req, int res) except -1
-    cdef BufferRing datagram_buffers(self)
     cdef int recvmsg_multishot_done(self, Endpoint ep, int res,
                                     uint32_t flags) except -1
+    cdef int accept_done(self, Endpoint ep, int res, uint32_t flags) except -1
+    cdef int poll_done(self, Endpoint ep, int res) except -1
+    cdef int request_done(self, Request req, int res, uint32_t flags) except -1
+    cdef int send_step(self, Endpoint ep, Request req) except -1
+    cdef int send_done(self, Request req, int res, uint32_t flags) except -1
+    cdef int finish_send(self, Endpoint ep, Request req, Py_ssize_t res) except -1
+    cdef int submit_datagrams(self, Endpoint ep) except -1
+    cdef int datagram_done(self, Request req, int res) except -1
+    cdef int sock_request_done(self, Request req, int res) except -1
+    cdef BufferRing datagram_buffers(self)
+    cdef SplicePipe pipe_for(self, Endpoint ep)
     cdef int keep(self, Endpoint ep, object chunk) except -1
     cdef int deliver_stash(self, Endpoint ep) except -1

@@ -5,26 +5,29 @@
   (else COOP_TASKRUN, else plain). With SINGLE_ISSUER the ring is created
   disabled and enabled by the first thread that submits: the loop's thread.
 - SQEs queued during callbacks go to the kernel once per iteration in
-  poll(), together with the wait (submit_and_wait with the timer timeout).
+  poll(), together with the wait (submit_and_wait with the timer timeout);
+  what a caller needs in the kernel at once (a sock_* call, a send of an
+  idle stream) is submitted at once.
 - Streams read with multishot recv from a provided-buffer ring shared by the
   loop (registered by hand: liburing 2.3 has no io_uring_setup_buf_ring);
   each buffer goes back to the ring as soon as its bytes are handed on.
   A multishot whose CQE lacks IORING_CQE_F_MORE is re-armed (CQ full,
   ENOBUFS when the ring ran dry, ...).
-- Listeners use multishot accept; backlogs go out as SENDMSG, one in flight
-  per stream; watchers are single-shot polls re-armed after each event,
-  which gives the level-triggered behaviour add_reader promises.
+- Listeners use multishot accept; watchers are single-shot polls re-armed
+  after each event, which gives the level-triggered behaviour add_reader
+  promises.
+- Sends are Requests (driver.pxd): a stream's gathered buffers as SENDMSG
+  (or SENDMSG_ZC), a file as two splices through a pipe, datagrams as
+  chains of linked SENDMSGs, the loop's sock_* calls as RECV, RECVMSG,
+  SEND, SENDMSG, ACCEPT, CONNECT.
 - UDP sockets read with multishot recvmsg from a second buffer ring whose
   buffers fit any UDP datagram; AF_UNIX datagram sockets with one RECVMSG
-  at a time. Datagrams go out as chains of linked SENDMSGs, each a Request
-  (driver.pxd) with its own msghdr and address.
-- The loop's sock_* methods are Requests too (RECV, RECVMSG, SEND, SENDMSG,
-  ACCEPT, CONNECT), submitted at once; eventloop.py waits for them.
-- Lifetime: every SQE holds a reference to its Endpoint, dropped by its
-  final CQE, so the memory an SQE points at (the Endpoint's msghdr/iovecs
-  and the bytes they point into) outlives the kernel's use of it. release()
-  cancels with IORING_ASYNC_CANCEL_FD and calls on_released() only once the
-  last CQE is in.
+  at a time.
+- Lifetime: an SQE's user_data names the object whose memory it points at,
+  an Endpoint or a Request, and the driver holds that object until the
+  SQE's last CQE: endpoints in `endpoints` (then `releasing`), Requests in
+  `requests`. release() cancels with IORING_ASYNC_CANCEL_FD and calls
+  on_released() once the last CQE for the fd is in.
 """
 
 import collections
@@ -32,9 +35,7 @@ import fcntl
 import io
 import os
 import socket
-import threading
 
-from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
@@ -65,40 +66,46 @@ cdef extern from "<errno.h>" nogil:
         EBUSY
         EOPNOTSUPP
 
-# Operation tags, stored in the low bits of user_data next to the Endpoint
-# pointer (objects are 16-byte aligned).
+# Operation tags, stored in the low bits of user_data next to the object's
+# address (objects are 16-byte aligned).
 cdef enum:
-    OP_WAKE = 0         # eventfd poll (no endpoint)
-    OP_RECV = 1
-    OP_SEND = 2
-    OP_ACCEPT = 3
-    OP_POLL = 4
-    OP_SEND_POLL = 5    # POLLOUT wait after a send said EAGAIN
-    OP_IGNORE = 6       # cancel requests (no endpoint)
-    OP_SEND_ZC = 7      # user_data points at a ZcHold, not the endpoint
-    OP_SPLICE_IN = 8    # file -> pipe
-    OP_SPLICE_OUT = 9   # pipe -> socket
-    OP_REQUEST = 10     # user_data points at a Request (driver.pxd)
+    OP_WAKE = 0         # eventfd poll (no object)
+    OP_RECV = 1         # Endpoint: stream/datagram read
+    OP_ACCEPT = 3       # Endpoint: multishot accept
+    OP_POLL = 4         # Endpoint: watcher poll
+    OP_SEND_POLL = 5    # Endpoint: POLLOUT wait of a datagram chain
+    OP_IGNORE = 6       # cancel requests (no object)
+    OP_REQUEST = 10     # Request (driver.pxd)
     OP_MASK = 15
 
-# Endpoint.armed bits: operations in flight, per kind.
+# Request.stage: what the kernel does for a Request now.
+cdef enum:
+    STAGE_IDLE = 0
+    STAGE_SEND = 1          # SENDMSG of a stream's buffers
+    STAGE_SEND_ZC = 2       # SENDMSG_ZC of them
+    STAGE_WAIT_OUT = 3      # POLLOUT: the socket was full
+    STAGE_SPLICE_IN = 4     # file -> pipe
+    STAGE_SPLICE_OUT = 5    # pipe -> socket
+    STAGE_DATAGRAM = 6      # SENDMSG of a datagram (in a chain)
+    STAGE_SOCK = 7          # a sock_* operation
+
+# Endpoint.armed bits: endpoint operations in flight.
 cdef enum:
     ARM_RECV = 1 << 0
     ARM_RECV_CANCEL = 1 << 1
-    ARM_SEND = 1 << 2
     ARM_ACCEPT = 1 << 3
     ARM_POLL = 1 << 4
     ARM_POLL_CANCEL = 1 << 5
     ARM_POLL_IN = 1 << 6
     ARM_POLL_OUT = 1 << 7
-    ARM_SEND_BLOCKED = 1 << 8   # a datagram chain met a full socket buffer
+    ARM_SEND_POLL = 1 << 8      # a datagram chain waits for room
+    ARM_SEND_BLOCKED = 1 << 9   # a datagram chain met a full socket buffer
 
 cdef enum:
     DEFAULT_ENTRIES = 1024
     DEFAULT_CQ_ENTRIES = 16384
     DEFAULT_BUF_COUNT = 512
     DEFAULT_BUF_SIZE = 32 * 1024
-    DEFAULT_DIRECT_SEND_MIN = 64 * 1024     # asyncio's default high water
     DGRAM_BUF_SIZE = 256 * 1024        # asyncio reads datagrams this large
     STREAM_GROUP = 0                   # provided-buffer groups
     DGRAM_GROUP = 1
@@ -116,13 +123,9 @@ cdef unsigned int SEND_ZC_REPORT_USAGE = 1 << 3
 cdef unsigned int NOTIF_USAGE_ZC_COPIED = 1u << 31
 cdef Py_ssize_t SPLICE_PIPE_SIZE = 1 << 20
 
-# Endpoints whose kernel operations never completed when their ring was
-# torn down: the memory they point at must never be freed.
-_kept_for_kernel = []
-
-
-cdef class ZcHold:
-    pass
+# What the kernel never finished with when its ring was torn down: the
+# memory it points at is never freed.
+_stranded = []
 
 
 cdef class BufferRing:
@@ -173,7 +176,7 @@ cdef class BufferRing:
         io_uring_buf_ring_advance(self.br, 1)
         return 0
 
-    cdef int leak(self) except -1:
+    cdef int strand(self) except -1:
         # A recv the kernel never completed may still write here: never
         # free this memory.
         self.br = NULL
@@ -211,14 +214,13 @@ cdef class UringDriver(Driver):
     @staticmethod
     cdef UringDriver new(object loop, unsigned int entries,
                          unsigned int cq_entries, unsigned int buf_count,
-                         unsigned int buf_size, Py_ssize_t direct_send_min):
+                         unsigned int buf_size):
         cdef UringDriver self = UringDriver.__new__(UringDriver)
-        self.direct_send_min = direct_send_min
         self.name = "uring"
         self.loop = loop
         self.endpoints = {}
         self.stash = {}
-        self.pending = []
+        self.deferred = []
         self.dgram_bufs = {}
         self.pipes = {}
         self.releasing = set()
@@ -290,68 +292,70 @@ cdef class UringDriver(Driver):
         if self.closed:
             return 0
         self.closed = True
-        # No kernel operation may outlive the memory it points at: cancel
-        # everything, collect the CQEs (each drops its reference), then
-        # tear the ring down. Owners are not called back: the loop is closed
-        # and the transports keep owning their sockets, as in asyncio.
+        # No kernel operation may outlive the memory it points at. Owners
+        # are not called back: the loop is closed, and transports keep
+        # owning their sockets, as in asyncio.
         if self.ring_ok:
             busy = self.inflight_endpoints()
-            if self.requests and not self.enabled:
-                self.requests.clear()       # never submitted
             for ep in busy:
                 if not ep.flags & EP_RELEASING:
-                    # Still open: its owner keeps the fd (as with asyncio,
-                    # until it is closed or collected); no on_released().
                     ep.flags |= EP_RELEASING | EP_RELEASED
-            if busy and not self.enabled:
-                # Never ran: the SQEs were never submitted and die with the
-                # ring; drop the references they hold.
-                for ep in busy:
-                    while ep.inflight > 0:
-                        ep.inflight -= 1
-                        Py_DECREF(ep)
+                ep.sending = None
+            if not self.enabled:
+                pass        # never ran: nothing was submitted
+            elif (self.setup_flags & IORING_SETUP_SINGLE_ISSUER
+                    and not self.on_issuer_thread()):
+                # Closed from another thread (a loop run in a worker thread,
+                # closed by the main one): the ring takes neither
+                # submissions nor waits from here. With DEFER_TASKRUN an
+                # operation's work runs only in its issuer's io_uring_enter(),
+                # which cannot happen once the ring's fd is closed: the
+                # kernel's teardown (io_ring_exit_work) cancels whatever is
+                # in flight from a kernel thread, where socket operations
+                # waiting on readiness end without touching their buffers.
+                # So: close the ring first, then let go of what it held.
+                self.free_ring()
             elif busy or self.requests:
-                try:
-                    for ep in busy:
-                        if ep.zc_pending:
-                            self.reset_stream(ep)   # zero-copy notices now
-                        self.prep_cancel_fd(ep)
-                    for req in list(self.requests):
+                # Cancel everything, collect the CQEs, then tear down.
+                for req in self.requests:
+                    if (<Request>req).op == REQ_SEND_ZC:
+                        # zero-copy notices now, not after the peer's ack
+                        self.reset_stream((<Request>req).ep)
+                for ep in busy:
+                    self.prep_cancel_fd(ep)
+                for req in list(self.requests):
+                    if (<Request>req).ep is None:
                         self.cancel_request(req)
-                    self.submit()
-                    for _ in range(200):
-                        self.wait_some(10)
-                        if not self.inflight_endpoints() and not self.requests:
-                            break
-                except RuntimeError:
-                    # Closed from a thread the ring does not accept: what is
-                    # still in flight keeps its references (and its memory)
-                    # forever rather than risk the kernel writing freed
-                    # memory.
-                    pass
-            # Whatever still has operations in flight keeps the references
-            # its SQEs took (never dropped now) and is remembered here: the
-            # kernel may still touch its memory while the ring goes away.
-            stuck = self.inflight_endpoints()
-            if stuck or self.requests:
-                _kept_for_kernel.extend(stuck)
-                _kept_for_kernel.extend(self.requests)
-                # A recv still in flight may yet pick a buffer from the ring
-                # and write into it while the kernel tears the ring down:
-                # the buffer memory is never given back either.
-                for bufs in (self.rbufs, self.dbufs):
-                    if bufs is not None:
-                        bufs.leak()
+                self.submit()
+                for _ in range(200):
+                    self.wait_some(10)
+                    if not self.inflight_endpoints() and not self.requests:
+                        break
+                # Whatever still has operations in flight is remembered
+                # for good, and so is the buffer ring memory: the kernel
+                # may still touch it while the ring goes away.
+                stuck = self.inflight_endpoints()
+                if stuck or self.requests:
+                    _stranded.extend(stuck)
+                    _stranded.extend(self.requests)
+                    for bufs in (self.rbufs, self.dbufs):
+                        if bufs is not None:
+                            bufs.strand()
         self.free_ring()
+        self.drop_all()
         for fd in (self.wakefd, self.reserve_fd, self.check_epfd):
             if fd >= 0:
                 close(fd)
         self.wakefd = self.reserve_fd = self.check_epfd = -1
+        return 0
+
+    cdef int drop_all(self) except -1:
+        # The ring is gone: nothing the kernel does refers to these now.
         self.endpoints.clear()
         self.releasing.clear()
         self.requests.clear()
         self.stash.clear()
-        self.pending.clear()
+        self.deferred.clear()
         self.dgram_bufs.clear()
         self.pipes.clear()
         return 0
@@ -361,13 +365,11 @@ cdef class UringDriver(Driver):
         eps.update(self.releasing)
         return [ep for ep in eps if (<Endpoint>ep).inflight]
 
+    cdef bint on_issuer_thread(self):
+        return not self.issuer or self.issuer == pthread_self()
+
     cdef int prep_cancel_fd(self, Endpoint ep) except -1:
-        cdef io_uring_sqe *sqe = io_uring_get_sqe(&self.ring)
-        if sqe == NULL:
-            self.submit()
-            sqe = io_uring_get_sqe(&self.ring)
-            if sqe == NULL:
-                raise OSError(EBUSY, "io_uring submission queue is full")
+        cdef io_uring_sqe *sqe = self.get_sqe()
         io_uring_prep_cancel_fd(sqe, ep.fd, IORING_ASYNC_CANCEL_ALL)
         io_uring_sqe_set_data64(sqe, OP_IGNORE)
         return 0
@@ -385,7 +387,7 @@ cdef class UringDriver(Driver):
 
     cdef io_uring_sqe *get_sqe(self) except NULL:
         cdef io_uring_sqe *sqe
-        if self.closed:
+        if not self.ring_ok:
             raise RuntimeError('Event loop is closed')
         sqe = io_uring_get_sqe(&self.ring)
         if sqe == NULL:
@@ -397,13 +399,24 @@ cdef class UringDriver(Driver):
         return sqe
 
     cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL:
-        # The SQE's reference to `ep` is dropped by its final CQE.
+        # An endpoint operation: the endpoint is held by `endpoints` (then
+        # `releasing`) until its last CQE, counted in ep.inflight.
         cdef io_uring_sqe *sqe = self.get_sqe()
         if <uintptr_t><void *>ep & OP_MASK:
             raise SystemError("endpoint not 16-byte aligned")
         io_uring_sqe_set_data64(sqe, tag(ep, op))
-        Py_INCREF(ep)
         ep.inflight += 1
+        return sqe
+
+    cdef io_uring_sqe *request_sqe(self, Request req, int stage) except NULL:
+        # A Request's operation: `requests` holds it until its last CQE
+        # (and, for a zero-copy send, its last notice).
+        cdef io_uring_sqe *sqe = self.get_sqe()
+        io_uring_sqe_set_data64(sqe, request_tag(req))
+        req.stage = stage
+        self.requests.add(req)
+        if req.ep is not None:
+            req.ep.inflight += 1
         return sqe
 
     cdef int enable(self) except -1:
@@ -414,8 +427,8 @@ cdef class UringDriver(Driver):
                 raise OSError(-ret, "io_uring_enable_rings failed")
             self.enabled = True
             self.issuer = pthread_self()
-        elif (self.issuer and self.setup_flags & IORING_SETUP_SINGLE_ISSUER
-              and self.issuer != pthread_self()):
+        elif (self.setup_flags & IORING_SETUP_SINGLE_ISSUER
+              and not self.on_issuer_thread()):
             raise RuntimeError(
                 "this io_uring loop belongs to another thread: a ring made "
                 "with IORING_SETUP_SINGLE_ISSUER takes submissions from the "
@@ -443,7 +456,7 @@ cdef class UringDriver(Driver):
 
     # -- the contract -------------------------------------------------------------
 
-    cdef int register(self, Endpoint ep) except -1:
+    cdef int attach(self, Endpoint ep) except -1:
         cdef int domain = 0
         cdef socklen_t len = sizeof(domain)
         if ep.kind == KIND_DATAGRAM:
@@ -513,36 +526,34 @@ cdef class UringDriver(Driver):
         cdef io_uring_sqe *sqe
         cdef bytearray space
         cdef char *base
+        cdef Request req
         if ep.armed & ARM_RECV:
             return 0
         if ep.flags & EP_MULTISHOT_DGRAM:
             # Multishot recvmsg from the datagram buffer ring: each CQE is
             # one datagram (header, sender, payload in one buffer). The
             # msghdr only tells the kernel how much room the name gets.
-            memset(&ep.send_msg, 0, sizeof(ep.send_msg))
-            ep.send_msg.msg_namelen = <socklen_t>ADDR_SPACE
+            req = self.dgram_bufs.get(ep)
+            if req is None:
+                req = Request.__new__(Request)
+                req.msg.msg_namelen = <socklen_t>ADDR_SPACE
+                self.dgram_bufs[ep] = req
             self.datagram_buffers()
             sqe = self.op_sqe(ep, OP_RECV)
-            io_uring_prep_recvmsg_multishot(sqe, ep.fd, &ep.send_msg, 0)
+            io_uring_prep_recvmsg_multishot(sqe, ep.fd, &req.msg, 0)
             sqe.flags |= IOSQE_BUFFER_SELECT
             sqe.buf_group = DGRAM_GROUP
         elif ep.kind == KIND_DATAGRAM:
             # One recvmsg at a time into the endpoint's own buffer: the
-            # sender's address comes with it. Datagram sends carry their
-            # own msghdr (Request), so send_msg/send_iov are free here.
-            space = self.dgram_bufs.get(ep)
-            if space is None:
-                space = self.dgram_bufs[ep] = bytearray(ADDR_SPACE + DGRAM_BUF_SIZE)
-            base = PyByteArray_AS_STRING(space)
-            ep.send_iov[0].iov_base = base + ADDR_SPACE
-            ep.send_iov[0].iov_len = DGRAM_BUF_SIZE
-            memset(&ep.send_msg, 0, sizeof(ep.send_msg))
-            ep.send_msg.msg_name = base
-            ep.send_msg.msg_namelen = <socklen_t>ADDR_SPACE
-            ep.send_msg.msg_iov = ep.send_iov
-            ep.send_msg.msg_iovlen = 1
+            # sender's address comes with it.
+            req = self.dgram_bufs.get(ep)
+            if req is None:
+                req = Request.new(REQ_RECVMSG, ep.fd,
+                                  bytearray(DGRAM_BUF_SIZE), True)
+                self.dgram_bufs[ep] = req
+            req.msg.msg_namelen = req.namelen
             sqe = self.op_sqe(ep, OP_RECV)
-            io_uring_prep_recvmsg(sqe, ep.fd, &ep.send_msg, 0)
+            io_uring_prep_recvmsg(sqe, ep.fd, &req.msg, 0)
         else:
             sqe = self.op_sqe(ep, OP_RECV)
             io_uring_prep_recv_multishot(sqe, ep.fd, NULL, 0, 0)
@@ -561,59 +572,151 @@ cdef class UringDriver(Driver):
         ep.armed |= ARM_ACCEPT
         return 0
 
-    cdef Py_ssize_t send_now(self, Endpoint ep, const char *buf, Py_ssize_t n):
-        # Measured (README, "direct send"): small writes do better as SQEs,
-        # gathered per iteration and sent with the next submit, than as a
-        # send(2) each; large ones try send(2) first, so that a write below
-        # the high-water mark never pauses the protocol on its own.
-        if n >= self.direct_send_min:
-            return Driver.send_now(self, ep, buf, n)
-        return 0
+    # -- sending --------------------------------------------------------------
 
-    cdef int flush(self, Endpoint ep) except -1:
-        cdef io_uring_sqe *sqe
-        cdef SplicePipe pipe = None
-        if ep.kind == KIND_DATAGRAM:
-            return self.submit_datagrams(ep)
-        if ep.flags & EP_RELEASING or ep.armed & ARM_SEND:
-            return 0        # one send in flight per endpoint: its CQE goes on
-        if self.pipes:
-            pipe = self.pipes.get(ep)
-        if pipe is not None and pipe.pending:
-            # File bytes already in the pipe go first.
-            sqe = self.op_sqe(ep, OP_SPLICE_OUT)
-            io_uring_prep_splice(sqe, pipe.rfd, -1, ep.fd, -1,
-                                 <unsigned>pipe.pending, 0)
-            ep.armed |= ARM_SEND
-            return 0
-        if ep.prepare_send() == 0:
-            ep.flags &= ~EP_SENDING
-            return 0
-        ep.flags |= EP_SENDING
-        if ep.send_mode == SEND_FILE:
-            if pipe is None:
-                pipe = self.new_pipe(ep)
-            sqe = self.op_sqe(ep, OP_SPLICE_IN)
-            io_uring_prep_splice(sqe, ep.file_fd, ep.file_offset, pipe.wfd, -1,
-                                 <unsigned>min(ep.file_count, <size_t>pipe.size),
-                                 0)
-        elif ep.send_mode == SEND_ZEROCOPY and self.has_send_zc:
-            return self.send_zc(ep)
-        else:
-            if ep.send_mode == SEND_ZEROCOPY:
-                ep.on_zc_report(True)       # no SENDMSG_ZC: copy
-            sqe = self.op_sqe(ep, OP_SEND)
-            io_uring_prep_sendmsg(sqe, ep.fd, &ep.send_msg, MSG_NOSIGNAL)
-        ep.armed |= ARM_SEND
-        return 0
-
-    cdef int send_datagram(self, Endpoint ep, Request req) except -1:
+    cdef int send(self, Endpoint ep, Request req, bint now) except -1:
         if ep.flags & EP_RELEASING:
             return 0
-        if ep.send_queue is None:
-            ep.send_queue = collections.deque()
-        ep.send_queue.append(req)
-        return self.submit_datagrams(ep)
+        if ep.kind == KIND_DATAGRAM:
+            if ep.send_queue is None:
+                ep.send_queue = collections.deque()
+            ep.send_queue.append(req)
+            return self.submit_datagrams(ep)
+        if ep.sending is not None:
+            raise RuntimeError("a stream has one send request at a time")
+        ep.sending = req
+        self.send_step(ep, req)
+        if now:
+            self.submit()
+        return 0
+
+    cdef int send_step(self, Endpoint ep, Request req) except -1:
+        # The next operation of a stream send: one at a time per Request,
+        # and one Request at a time per stream, so bytes stay in order.
+        cdef io_uring_sqe *sqe
+        cdef SplicePipe pipe
+        if req.op == REQ_SENDFILE:
+            pipe = self.pipe_for(ep)
+            if pipe.pending:
+                # File bytes already in the pipe go first.
+                sqe = self.request_sqe(req, STAGE_SPLICE_OUT)
+                io_uring_prep_splice(sqe, pipe.rfd, -1, ep.fd, -1,
+                                     <unsigned>pipe.pending, 0)
+            else:
+                sqe = self.request_sqe(req, STAGE_SPLICE_IN)
+                io_uring_prep_splice(
+                    sqe, req.file_fd, req.file_offset, pipe.wfd, -1,
+                    <unsigned>min(req.size - req.done, pipe.size), 0)
+        elif req.op == REQ_SEND_ZC and self.has_send_zc:
+            # The first CQE says how much went out (the iovecs are free
+            # again); the pages stay the kernel's until the F_NOTIF CQE.
+            sqe = self.request_sqe(req, STAGE_SEND_ZC)
+            io_uring_prep_sendmsg(sqe, ep.fd, &req.msg, MSG_NOSIGNAL)
+            sqe.opcode = IORING_OP_SENDMSG_ZC
+            sqe.ioprio |= SEND_ZC_REPORT_USAGE
+        else:
+            if req.op == REQ_SEND_ZC:
+                req.zc_copied = True        # no SENDMSG_ZC here: copy
+            sqe = self.request_sqe(req, STAGE_SEND)
+            io_uring_prep_sendmsg(sqe, ep.fd, &req.msg, MSG_NOSIGNAL)
+        return 0
+
+    cdef int cancel_send(self, Endpoint ep, Request req) except -1:
+        cdef io_uring_sqe *sqe
+        if ep.sending is not req or req.cancelled:
+            return 0
+        req.cancelled = True
+        if req.stage == STAGE_IDLE:
+            return self.finish_send(ep, req, -ECANCELED)
+        # Its CQE reports the cancel (or what completed first).
+        sqe = self.get_sqe()
+        io_uring_prep_cancel64(sqe, request_tag(req), 0)
+        io_uring_sqe_set_data64(sqe, OP_IGNORE)
+        return 0
+
+    cdef int send_done(self, Request req, int res, uint32_t flags) except -1:
+        cdef Endpoint ep = req.ep
+        cdef int stage = req.stage
+        cdef io_uring_sqe *sqe
+        cdef SplicePipe pipe
+        if flags & IORING_CQE_F_NOTIF:
+            # A zero-copy send's notice: the kernel no longer reads those
+            # pages. The request goes once its last notice is in.
+            req.notices_due -= 1
+            if <unsigned int>res & NOTIF_USAGE_ZC_COPIED:
+                req.zc_copied = True
+            if (req.notices_due == 0 and req.stage == STAGE_IDLE
+                    and (ep.sending is not req or ep.flags & EP_RELEASING)):
+                # Sent (or given up) and released: nothing refers to it.
+                self.requests.discard(req)
+                if not ep.flags & EP_RELEASING:
+                    ep.on_zc_report(req.zc_copied)
+            return self.finish_op(ep)
+        if flags & IORING_CQE_F_MORE:
+            req.notices_due += 1            # this send's notice comes later
+        req.stage = STAGE_IDLE
+        try:
+            if ep.flags & EP_RELEASING or ep.sending is not req:
+                # Released (cancelled) meanwhile: nothing to tell.
+                if not req.notices_due:
+                    self.requests.discard(req)
+                return 0
+            if res > 0 and stage in (STAGE_SEND, STAGE_SEND_ZC,
+                                     STAGE_SPLICE_OUT):
+                req.consume(res)
+                if stage == STAGE_SPLICE_OUT:
+                    pipe = self.pipes[ep]
+                    pipe.pending -= res
+            if req.cancelled:
+                return self.finish_send(ep, req, -ECANCELED)
+            if stage == STAGE_WAIT_OUT:
+                return self.send_step(ep, req)      # the send says the rest
+            if stage == STAGE_SPLICE_IN:
+                if res > 0:
+                    pipe = self.pipes[ep]
+                    pipe.pending = res
+                    return self.send_step(ep, req)
+                if res == 0:
+                    return self.finish_send(ep, req, req.done)  # file ended
+                if res == -EAGAIN or res == -EINTR:
+                    return self.send_step(ep, req)
+                return self.finish_send(ep, req, res)
+            if res > 0:
+                if req.done < req.size:
+                    return self.send_step(ep, req)  # partial: the rest
+                return self.finish_send(ep, req, req.done)
+            if res == 0 or res == -EAGAIN or res == -EINTR:
+                # The socket's buffer is full.
+                self.counters['send_eagain'] += 1
+                sqe = self.request_sqe(req, STAGE_WAIT_OUT)
+                io_uring_prep_poll_add(sqe, ep.fd, POLLOUT)
+                return 0
+            if stage == STAGE_SEND_ZC and res in (-EOPNOTSUPP, -EINVAL,
+                                                  -ENOBUFS):
+                # Not on this socket (AF_UNIX), or out of pinned memory:
+                # the same bytes go again, by copy.
+                req.zc_copied = True
+                req.op = REQ_SENDMSG
+                return self.send_step(ep, req)
+            return self.finish_send(ep, req, res)
+        finally:
+            if not flags & IORING_CQE_F_MORE:
+                self.finish_op(ep)
+
+    cdef int finish_send(self, Endpoint ep, Request req, Py_ssize_t res) except -1:
+        cdef SplicePipe pipe
+        ep.sending = None
+        if req.op == REQ_SENDFILE and res < 0:
+            # File bytes a cancelled or failed transfer left in the pipe
+            # are not part of the stream: a fresh pipe for the next one.
+            pipe = self.pipes.get(ep)
+            if pipe is not None and pipe.pending:
+                del self.pipes[ep]
+        if not req.notices_due:
+            self.requests.discard(req)
+            if req.op == REQ_SEND_ZC or req.zc_copied:
+                ep.on_zc_report(req.zc_copied)
+        return ep.on_sent(req, res)
 
     cdef int submit_datagrams(self, Endpoint ep) except -1:
         # What is queued goes out as one chain of SENDMSGs linked with
@@ -625,7 +728,7 @@ cdef class UringDriver(Driver):
         cdef io_uring_sqe *sqe = NULL
         cdef Request req
         cdef unsigned int count = 0, most
-        if (ep.sends_inflight or ep.armed & ARM_SEND
+        if (ep.sends_inflight or ep.armed & ARM_SEND_POLL
                 or ep.flags & EP_RELEASING or not ep.send_queue):
             return 0
         if io_uring_sq_space_left(&self.ring) < 2:
@@ -638,7 +741,7 @@ cdef class UringDriver(Driver):
                 break
             if sqe != NULL:
                 sqe.flags |= IOSQE_IO_LINK
-            sqe = self.get_sqe()
+            sqe = self.request_sqe(req, STAGE_DATAGRAM)
             # MSG_DONTWAIT: a full socket comes back as -EAGAIN and the
             # datagram is sent again from the start after a POLLOUT wait.
             # Left to retry by itself, the kernel (6.x) resends an AF_UNIX
@@ -646,9 +749,6 @@ cdef class UringDriver(Driver):
             # an empty datagram arrives instead (tests/test_udp.py).
             io_uring_prep_sendmsg(sqe, ep.fd, &req.msg,
                                   MSG_NOSIGNAL | MSG_DONTWAIT)
-            io_uring_sqe_set_data64(sqe, request_tag(req))
-            Py_INCREF(req)
-            ep.inflight += 1
             ep.sends_inflight += 1
             count += 1
         self.counters['datagram_sends'] += count
@@ -656,7 +756,10 @@ cdef class UringDriver(Driver):
 
     cdef int datagram_done(self, Request req, int res) except -1:
         cdef Endpoint ep = req.ep
+        cdef io_uring_sqe *sqe
         ep.sends_inflight -= 1
+        req.stage = STAGE_IDLE
+        self.requests.discard(req)
         try:
             if ep.flags & EP_RELEASING:
                 return 0
@@ -672,14 +775,17 @@ cdef class UringDriver(Driver):
                     ep.send_queue.popleft()
                 else:
                     ep.send_queue.remove(req)
-                ep.on_datagram_sent(req, -res if res < 0 else 0)
+                ep.on_sent(req, res)
             if ep.sends_inflight == 0 and not ep.flags & EP_RELEASING:
                 if ep.armed & ARM_SEND_BLOCKED:
                     ep.armed &= ~ARM_SEND_BLOCKED
-                    return self.wait_writable(ep)
+                    ep.armed |= ARM_SEND_POLL
+                    sqe = self.op_sqe(ep, OP_SEND_POLL)
+                    io_uring_prep_poll_add(sqe, ep.fd, POLLOUT)
+                    return 0
                 return self.submit_datagrams(ep)
         finally:
-            self.finish_op(ep, req)
+            self.finish_op(ep)
         return 0
 
     def submit_request(self, Request req not None, callback, int flags=0):
@@ -687,13 +793,12 @@ cdef class UringDriver(Driver):
         when it completes (res: bytes, an fd, 0, or -errno). `flags` go to
         send and sendmsg (with MSG_NOSIGNAL)."""
         cdef io_uring_sqe *sqe
-        cdef uint64_t ud = request_tag(req)
         cdef int op = req.op
         if req in self.requests:
             raise RuntimeError("request already submitted")
         if not REQ_SEND <= op <= REQ_CONNECT:
             raise ValueError(f"unknown request {op}")
-        sqe = self.get_sqe()
+        sqe = self.request_sqe(req, STAGE_SOCK)
         if op == REQ_RECV:
             io_uring_prep_recv(sqe, req.fd, req.iov.iov_base, req.iov.iov_len, 0)
         elif op == REQ_RECVMSG:
@@ -709,9 +814,7 @@ cdef class UringDriver(Driver):
         elif op == REQ_CONNECT:
             io_uring_prep_connect(sqe, req.fd, <sockaddr *>&req.name,
                                   req.namelen)
-        io_uring_sqe_set_data64(sqe, ud)
         req.callback = callback
-        self.requests.add(req)      # the reference the SQE holds
         self.counters['sock_requests'] += 1
         # Submitted now, not with the iteration's batch: asyncio's sock_*
         # calls start their operation before they first yield (a
@@ -730,8 +833,9 @@ cdef class UringDriver(Driver):
         io_uring_prep_cancel64(sqe, request_tag(req), 0)
         io_uring_sqe_set_data64(sqe, OP_IGNORE)
 
-    cdef int request_done(self, Request req, int res) except -1:
+    cdef int sock_request_done(self, Request req, int res) except -1:
         req.res = res
+        req.stage = STAGE_IDLE
         req.release_buffer()        # the kernel is done with the memory
         self.requests.discard(req)
         if req.callback is not None:
@@ -739,8 +843,18 @@ cdef class UringDriver(Driver):
             callback(req, res)
         return 0
 
-    cdef SplicePipe new_pipe(self, Endpoint ep):
-        cdef SplicePipe pipe = SplicePipe.__new__(SplicePipe)
+    cdef int request_done(self, Request req, int res, uint32_t flags) except -1:
+        if req.ep is None:
+            return self.sock_request_done(req, res)
+        if req.stage == STAGE_DATAGRAM:
+            return self.datagram_done(req, res)
+        return self.send_done(req, res, flags)
+
+    cdef SplicePipe pipe_for(self, Endpoint ep):
+        cdef SplicePipe pipe = self.pipes.get(ep)
+        if pipe is not None:
+            return pipe
+        pipe = SplicePipe.__new__(SplicePipe)
         pipe.rfd, pipe.wfd = os.pipe2(os.O_CLOEXEC)
         try:
             pipe.size = fcntl.fcntl(pipe.wfd, fcntl.F_SETPIPE_SZ,
@@ -750,32 +864,7 @@ cdef class UringDriver(Driver):
         self.pipes[ep] = pipe
         return pipe
 
-    cdef int send_zc(self, Endpoint ep) except -1:
-        # SENDMSG_ZC: the first CQE says how much was sent (the iovecs are
-        # free again); the pages stay the kernel's until the F_NOTIF CQE,
-        # so the hold, not the transport, keeps their objects.
-        cdef ZcHold hold = ZcHold.__new__(ZcHold)
-        cdef io_uring_sqe *sqe = self.get_sqe()
-        hold.ep = ep
-        hold.refs = ep.send_refs
-        io_uring_prep_sendmsg(sqe, ep.fd, &ep.send_msg, MSG_NOSIGNAL)
-        sqe.opcode = IORING_OP_SENDMSG_ZC
-        sqe.ioprio |= SEND_ZC_REPORT_USAGE
-        io_uring_sqe_set_data64(sqe, <uint64_t><uintptr_t><void *>hold | OP_SEND_ZC)
-        Py_INCREF(hold)
-        ep.inflight += 1
-        ep.zc_pending += 1
-        ep.armed |= ARM_SEND
-        return 0
-
-    cdef int wait_writable(self, Endpoint ep) except -1:
-        # The socket's buffer is full (a nonblocking socket said EAGAIN).
-        cdef io_uring_sqe *sqe
-        self.counters['send_eagain'] += 1
-        sqe = self.op_sqe(ep, OP_SEND_POLL)
-        io_uring_prep_poll_add(sqe, ep.fd, POLLOUT)
-        ep.armed |= ARM_SEND
-        return 0
+    # -- watchers ---------------------------------------------------------------
 
     cdef int watch(self, Endpoint ep, uint32_t events) except -1:
         cdef uint32_t armed_mask = 0
@@ -818,12 +907,15 @@ cdef class UringDriver(Driver):
         ep.armed |= ARM_POLL
         return 0
 
+    # -- releasing --------------------------------------------------------------
+
     cdef int release(self, Endpoint ep) except -1:
         if ep.flags & EP_RELEASING:
             return 0
         ep.flags |= EP_RELEASING
-        ep.flags &= ~(EP_READING | EP_SENDING)
-        ep.send_queue = None        # in-flight datagrams hold themselves
+        ep.flags &= ~EP_READING
+        ep.send_queue = None        # in-flight sends are in `requests`
+        ep.sending = None
         self.stash.pop(ep, None)
         if self.endpoints.get(ep.fd) is ep:
             del self.endpoints[ep.fd]
@@ -842,9 +934,33 @@ cdef class UringDriver(Driver):
             # its user_data, not by an fd number that may be gone (or
             # reused). Until then the poll's file reference keeps the file.
             return self.cancel_op(ep, OP_POLL)
-        if ep.zc_pending and ep.flags & EP_ABORTIVE:
-            self.reset_stream(ep)
+        if ep.kind == KIND_STREAM and ep.flags & EP_ABORTIVE:
+            # Zero-copy sends wait for the peer's ack before the kernel
+            # lets go of their pages: reset the stream so it does now.
+            for req in self.requests:
+                if ((<Request>req).ep is ep
+                        and (<Request>req).op == REQ_SEND_ZC):
+                    self.reset_stream(ep)
+                    break
         return self.prep_cancel_fd(ep)
+
+    cdef int finish_op(self, Endpoint ep) except -1:
+        # The last CQE of one operation on ep's fd.
+        ep.inflight -= 1
+        if (ep.inflight == 0 and ep.flags & EP_RELEASING
+                and not ep.flags & EP_RELEASED):
+            ep.flags |= EP_RELEASED
+            self.forget(ep)
+            ep.on_released()
+        return 0
+
+    cdef int forget(self, Endpoint ep) except -1:
+        # Nothing in flight refers to ep's memory any more.
+        self.dgram_bufs.pop(ep, None)
+        self.releasing.discard(ep)
+        if self.pipes:
+            self.pipes.pop(ep, None)
+        return 0
 
     # -- waiting and completions ----------------------------------------------------
 
@@ -854,8 +970,8 @@ cdef class UringDriver(Driver):
         cdef __kernel_timespec ts
         # Endpoints deferred by an earlier iteration are served in this one,
         # after its completions; those this one defers wait for the next.
-        cdef list todo = self.pending
-        self.pending = []
+        cdef list todo = self.deferred
+        self.deferred = []
         if todo:
             timeout_ms = 0
         if io_uring_cq_ready(&self.ring) or io_uring_cq_has_overflow(&self.ring):
@@ -881,7 +997,7 @@ cdef class UringDriver(Driver):
             raise OSError(-ret, f"io_uring_enter failed: {os.strerror(-ret)}")
         self.reap()
         if todo:
-            self.run_pending(todo)
+            self.run_deferred(todo)
         return self.check_pending()
 
     cdef int reap(self) except -1:
@@ -924,18 +1040,13 @@ cdef class UringDriver(Driver):
                 if not flags & IORING_CQE_F_MORE and not self.closed:
                     self.arm_wake()
             return 0
-        # user_data holds the SQE's reference to its owner (an Endpoint, a
-        # Request or a ZcHold), which the handler drops on the final CQE,
-        # and the handler may drop every other one (a cancelled caller's
-        # Request is held by nothing else): this local reference keeps the
-        # owner alive until its handler has returned.
+        # The driver holds the object user_data names until this CQE has
+        # been handled (endpoints, requests); the handler may let go of it
+        # (a cancelled caller's Request is held by nothing else): this
+        # local reference keeps it alive until the handler has returned.
         cdef object owner = <object>ptr
-        if op == OP_SEND_ZC:
-            return self.send_zc_done(<ZcHold>owner, res, flags)
         if op == OP_REQUEST:
-            if (<Request>owner).ep is not None:
-                return self.datagram_done(<Request>owner, res)
-            return self.request_done(<Request>owner, res)
+            return self.request_done(<Request>owner, res, flags)
         ep = <Endpoint>owner
         try:
             if op == OP_RECV:
@@ -945,104 +1056,20 @@ cdef class UringDriver(Driver):
                     self.recvmsg_done(ep, res)
                 else:
                     self.recv_done(ep, res, flags)
-            elif op == OP_SEND:
-                self.send_done(ep, res)
             elif op == OP_ACCEPT:
                 self.accept_done(ep, res, flags)
             elif op == OP_POLL:
                 self.poll_done(ep, res)
             elif op == OP_SEND_POLL:
-                ep.armed &= ~ARM_SEND
+                ep.armed &= ~ARM_SEND_POLL
                 if not ep.flags & EP_RELEASING:
-                    self.flush(ep)
-            elif op == OP_SPLICE_IN or op == OP_SPLICE_OUT:
-                self.splice_done(ep, op, res)
+                    self.submit_datagrams(ep)
         finally:
             if not flags & IORING_CQE_F_MORE:
-                self.finish_op(ep, ep)
+                self.finish_op(ep)
         return 0
 
-    cdef int send_zc_done(self, ZcHold hold, int res, uint32_t flags) except -1:
-        cdef Endpoint ep = hold.ep
-        cdef bint copied
-        try:
-            if flags & IORING_CQE_F_NOTIF:
-                copied = (<unsigned int>res & NOTIF_USAGE_ZC_COPIED) != 0
-                if copied:
-                    ep.zc_copied += 1
-                    self.zc_copied += 1
-                if not ep.flags & EP_RELEASING:
-                    ep.on_zc_report(copied)
-                return 0
-            ep.armed &= ~ARM_SEND
-            if ep.flags & EP_RELEASING:
-                return 0
-            if res >= 0:
-                ep.zc_sends += 1
-                ep.zc_bytes += res
-                self.zc_sends += 1
-                self.zc_bytes += res
-                ep.on_sent(res)
-                return self.flush(ep)
-            if res == -EAGAIN or res == -EINTR:
-                return self.wait_writable(ep)
-            if res == -EOPNOTSUPP or res == -EINVAL or res == -ENOBUFS:
-                # Not on this socket (AF_UNIX), or out of pinned memory:
-                # the same bytes go again, by copy.
-                ep.on_zc_report(True)
-                return self.flush(ep)
-            ep.flags &= ~EP_SENDING
-            return ep.on_send_error(-res)
-        finally:
-            if not flags & IORING_CQE_F_MORE:
-                ep.zc_pending -= 1
-                self.finish_op(ep, hold)
-
-    cdef int splice_done(self, Endpoint ep, int op, int res) except -1:
-        cdef SplicePipe pipe = self.pipes.get(ep)
-        ep.armed &= ~ARM_SEND
-        if ep.flags & EP_RELEASING or pipe is None:
-            return 0
-        if op == OP_SPLICE_IN:
-            if res > 0:
-                pipe.pending = res
-                return self.flush(ep)           # now out to the socket
-            if res == 0:
-                ep.on_sent(0)                   # the file ended early
-                return self.flush(ep)
-        else:
-            if res > 0:
-                pipe.pending -= res
-                ep.sendfile_bytes += res
-                self.sendfile_bytes += res
-                ep.on_sent(res)
-                return self.flush(ep)
-            if res == 0 or res == -EAGAIN or res == -EINTR:
-                return self.wait_writable(ep)
-        ep.flags &= ~EP_SENDING
-        return ep.on_send_error(-res)
-
-    cdef int finish_op(self, Endpoint ep, object owner) except -1:
-        # The final CQE of one SQE: drop the reference its submitter took
-        # (on the endpoint, or on the ZcHold of a zero-copy send).
-        ep.inflight -= 1
-        try:
-            if (ep.inflight == 0 and ep.flags & EP_RELEASING
-                    and not ep.flags & EP_RELEASED):
-                ep.flags |= EP_RELEASED
-                self.forget(ep)
-                ep.on_released()
-        finally:
-            Py_DECREF(owner)
-        return 0
-
-    cdef int forget(self, Endpoint ep) except -1:
-        # Nothing in flight refers to ep's memory any more.
-        self.dgram_bufs.pop(ep, None)
-        self.releasing.discard(ep)
-        if self.pipes:
-            self.pipes.pop(ep, None)
-        return 0
+    # -- reading ----------------------------------------------------------------
 
     cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1:
         cdef bint more = flags & IORING_CQE_F_MORE
@@ -1092,20 +1119,21 @@ cdef class UringDriver(Driver):
         return 0
 
     cdef int keep(self, Endpoint ep, object chunk) except -1:
-        # Data (or EOF: None) that arrived while the owner was not reading.
+        # Read while the owner was not reading (or EOF: None): delivered by
+        # deliver_stash() once it reads again, in order.
         self.stash.setdefault(ep, []).append(chunk)
         return 0
 
     cdef int defer(self, Endpoint ep) except -1:
-        if not ep.flags & EP_PENDING:
-            ep.flags |= EP_PENDING
-            self.pending.append(ep)
+        if not ep.flags & EP_DEFERRED:
+            ep.flags |= EP_DEFERRED
+            self.deferred.append(ep)
         return 0
 
-    cdef int run_pending(self, list todo) except -1:
+    cdef int run_deferred(self, list todo) except -1:
         cdef Endpoint ep
         for ep in todo:
-            ep.flags &= ~EP_PENDING
+            ep.flags &= ~EP_DEFERRED
             try:
                 self.deliver_stash(ep)
             except BaseException as exc:
@@ -1147,18 +1175,18 @@ cdef class UringDriver(Driver):
         cdef char *buf
         cdef io_uring_recvmsg_out *out
         cdef socklen_t namelen
+        cdef Request rx = self.dgram_bufs.get(ep)
         if not more:
             ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
         if flags & IORING_CQE_F_BUFFER:
             bid = flags >> IORING_CQE_BUFFER_SHIFT
             buf = self.dbufs.buf(bid)
             try:
-                out = io_uring_recvmsg_validate(buf, res, &ep.send_msg)
+                out = io_uring_recvmsg_validate(buf, res, &rx.msg)
                 if out != NULL and not ep.flags & EP_RELEASING:
-                    namelen = min(out.namelen, ep.send_msg.msg_namelen)
-                    payload = <char *>io_uring_recvmsg_payload(out, &ep.send_msg)
-                    size = io_uring_recvmsg_payload_length(out, res,
-                                                           &ep.send_msg)
+                    namelen = min(out.namelen, rx.msg.msg_namelen)
+                    payload = <char *>io_uring_recvmsg_payload(out, &rx.msg)
+                    size = io_uring_recvmsg_payload_length(out, res, &rx.msg)
                     if ep.flags & EP_READING and not (self.stash and ep in self.stash):
                         ep.on_datagram(payload, size,
                                        <sockaddr *>io_uring_recvmsg_name(out),
@@ -1181,35 +1209,20 @@ cdef class UringDriver(Driver):
         return 0
 
     cdef int recvmsg_done(self, Endpoint ep, int res) except -1:
-        cdef bytearray space = self.dgram_bufs.get(ep)
-        cdef char *base
+        cdef Request rx = self.dgram_bufs.get(ep)
         ep.armed &= ~ARM_RECV
-        if ep.flags & EP_RELEASING or space is None:
+        if ep.flags & EP_RELEASING or rx is None:
             return 0
-        base = PyByteArray_AS_STRING(space)
         if res >= 0:
             # Delivered even if reading paused meanwhile: it was read.
-            ep.on_datagram(base + ADDR_SPACE, res, <sockaddr *>base,
-                           ep.send_msg.msg_namelen)
+            ep.on_datagram(<char *>rx.iov.iov_base, res,
+                           <sockaddr *>&rx.name, rx.msg.msg_namelen)
         elif res != -ECANCELED and res != -EINTR:
             # ICMP errors and the like: reported, reading goes on.
             ep.on_read_error(-res)
         if ep.flags & EP_READING and not ep.flags & EP_RELEASING:
             self.arm_recv(ep)
         return 0
-
-    cdef int send_done(self, Endpoint ep, int res) except -1:
-        cdef io_uring_sqe *sqe
-        ep.armed &= ~ARM_SEND
-        if ep.flags & EP_RELEASING:
-            return 0
-        if res >= 0:
-            ep.on_sent(res)
-            return self.flush(ep)       # the rest of the backlog, if any
-        if res == -EAGAIN or res == -EINTR:
-            return self.wait_writable(ep)
-        ep.flags &= ~EP_SENDING
-        return ep.on_send_error(-res)
 
     cdef int accept_done(self, Endpoint ep, int res, uint32_t flags) except -1:
         cdef bint more = flags & IORING_CQE_F_MORE
@@ -1266,18 +1279,14 @@ cdef class UringDriver(Driver):
 def new_driver(loop, *, unsigned int entries=DEFAULT_ENTRIES,
                unsigned int cq_entries=DEFAULT_CQ_ENTRIES,
                unsigned int buf_count=DEFAULT_BUF_COUNT,
-               unsigned int buf_size=DEFAULT_BUF_SIZE,
-               Py_ssize_t direct_send_min=DEFAULT_DIRECT_SEND_MIN):
+               unsigned int buf_size=DEFAULT_BUF_SIZE):
     """The io_uring driver for `loop` (a fastsock CoreLoop).
 
     entries/cq_entries size the rings; buf_count (a power of two) buffers of
-    buf_size bytes form the provided-buffer ring every recv shares;
-    writes of at least direct_send_min bytes try send(2) before an SQE
-    (0: every write; a huge value: none)."""
+    buf_size bytes form the provided-buffer ring every stream recv shares."""
     if buf_count == 0 or buf_count & (buf_count - 1) or buf_count > 32768:
         raise ValueError("buf_count must be a power of two up to 32768")
-    return UringDriver.new(loop, entries, cq_entries, buf_count, buf_size,
-                           direct_send_min)
+    return UringDriver.new(loop, entries, cq_entries, buf_count, buf_size)
 
 
 cdef extern from *:
@@ -1362,7 +1371,7 @@ cdef object _check_multishot_recv(UringDriver drv):
                 if ended:
                     break
             if not ended:
-                drv.rbufs.leak()    # never completed: never free its buffers
+                drv.rbufs.strand()  # never completed: never free its buffers
         if res == 1 and flags & IORING_CQE_F_MORE:
             return ""
         if res < 0:
@@ -1391,7 +1400,7 @@ def probe():
     }
     disabled = _io_uring_disabled_sysctl()
     try:
-        drv = UringDriver.new(None, 8, 64, 8, 4096, 0)
+        drv = UringDriver.new(None, 8, 64, 8, 4096)
     except OSError as exc:
         if exc.errno == EPERM:
             why = "io_uring_setup() was refused with EPERM"
