@@ -97,7 +97,7 @@ cdef class StreamTransport(BaseTransport):
     cdef int start_send(self, bint now) except -1
     cdef int advance(self, Py_ssize_t n) except -1
     cdef int after_sent(self) except -1
-    cdef int file_sent(self, Request req, Py_ssize_t n) except -1
+    cdef int file_sent(self, FileSegment seg) except -1
     cdef int fail_files(self, object exc) except -1
     cdef int feed_buffered(self, const char *buf, Py_ssize_t n) except -1
     cdef int drained(self) except -1

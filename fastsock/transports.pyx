@@ -680,16 +680,21 @@ cdef class StreamTransport(BaseTransport):
         return self.loop.driver.send(self, req, now)
 
     cdef int on_sent(self, Request req, Py_ssize_t res) except -1:
-        if res < 0:
-            if res == -ECANCELED and req.op == REQ_SENDFILE:
-                res = req.done              # a cancelled loop.sendfile()
-            else:
-                return self.on_send_error(<int>-res)
         cdef Driver driver = self.loop.driver
+        cdef FileSegment seg
         if req.op == REQ_SENDFILE:
-            self.sendfile_bytes += res
-            driver.sendfile_bytes += res
-            return self.file_sent(req, res)
+            # What went out counts, whatever ended the transfer.
+            self.sendfile_bytes += req.done
+            driver.sendfile_bytes += req.done
+            seg = self.wbuf[self.wbuf_start]
+            seg.offset += req.done
+            seg.sent += req.done
+            seg.remaining -= req.done
+            seg.request = None
+            if res >= 0 or res == -ECANCELED:     # done, short, cancelled
+                return self.file_sent(seg)
+        if res < 0:
+            return self.on_send_error(<int>-res)
         if req.op == REQ_SEND_ZC:
             self.zc_sends += 1
             self.zc_bytes += res
@@ -735,12 +740,7 @@ cdef class StreamTransport(BaseTransport):
             self.drained()
         return 0
 
-    cdef int file_sent(self, Request req, Py_ssize_t n) except -1:
-        cdef FileSegment seg = self.wbuf[self.wbuf_start]
-        seg.offset += n
-        seg.sent += n
-        seg.remaining -= n
-        seg.request = None
+    cdef int file_sent(self, FileSegment seg) except -1:
         # Done, the file ended before `count` bytes, or cancelled.
         self.wbuf[self.wbuf_start] = None
         self.wbuf_start += 1
@@ -759,9 +759,18 @@ cdef class StreamTransport(BaseTransport):
 
     cdef int fail_files(self, object exc) except -1:
         cdef FileSegment seg
+        cdef Py_ssize_t n
         for entry in self.wbuf:
             if type(entry) is FileSegment:
                 seg = <FileSegment>entry
+                if seg.request is not None:
+                    # Failed while the driver sent it: what the kernel took
+                    # so far counts (the file position says so).
+                    n = seg.request.done
+                    seg.offset += n
+                    seg.sent += n
+                    seg.remaining -= n
+                    seg.request = None
                 if not seg.done.done():
                     seg.done.set_exception(exc)
         return 0
