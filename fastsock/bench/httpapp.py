@@ -5,6 +5,8 @@ ASGI application.
     GET /       "Hello, World!" (text/plain): what wrk asks for
     GET /info   JSON: the worker's pid and the running loop's class and
                 backend, so a caller can see who answered and on what loop
+    GET /sleep?ms=N   /info's answer after N milliseconds (a request in
+                flight, for graceful-shutdown tests)
 
 Serving one of them on one model, as `fastsock bench` does:
 
@@ -50,7 +52,13 @@ async def asgi_app(scope, receive, send):
                 return
     if kind != "http":
         return
-    if scope["path"] == "/info":
+    path = scope["path"]
+    if path == "/sleep":
+        query = dict(kv.split("=", 1) for kv in
+                     scope["query_string"].decode().split("&") if "=" in kv)
+        await asyncio.sleep(int(query.get("ms", "0")) / 1000)
+        path = "/info"
+    if path == "/info":
         body, ctype = json.dumps(loop_info()).encode(), b"application/json"
     else:
         body, ctype = HELLO, b"text/plain"
@@ -72,9 +80,14 @@ def aiohttp_app():
     async def info(request):
         return web.json_response(loop_info())
 
+    async def sleep(request):
+        await asyncio.sleep(int(request.query.get("ms", "0")) / 1000)
+        return web.json_response(loop_info())
+
     app = web.Application()
     app.router.add_get("/", hello)
     app.router.add_get("/info", info)
+    app.router.add_get("/sleep", sleep)
     return app
 
 
