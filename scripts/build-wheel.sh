@@ -27,13 +27,19 @@ sdist=$(ls "$work"/fastsock-*.tar.gz)
 wheel=$(ls "$work"/fastsock-*.whl)
 
 # Nothing but libc may be needed at run time: liburing is inside the .so.
-for so in $(unzip -Z1 "$wheel" '*.so'); do
-    unzip -p "$wheel" "$so" > "$work/check.so"
-    if readelf -d "$work/check.so" | grep -q 'NEEDED.*liburing'; then
-        echo "build-wheel: $so links liburing dynamically" >&2
-        exit 1
-    fi
-done
+"$PY" - "$wheel" "$work/check.so" <<'PYEOF'
+import subprocess, sys, zipfile
+wheel, tmp = sys.argv[1:]
+with zipfile.ZipFile(wheel) as zf:
+    for name in zf.namelist():
+        if name.endswith(".so"):
+            with open(tmp, "wb") as f:
+                f.write(zf.read(name))
+            dyn = subprocess.run(["readelf", "-d", tmp], capture_output=True,
+                                 text=True, check=True).stdout
+            if "liburing" in dyn:
+                sys.exit(f"build-wheel: {name} links liburing dynamically")
+PYEOF
 
 "$PY" -m auditwheel repair --wheel-dir "$work/repaired" "$wheel" >&2
 repaired=$(ls "$work"/repaired/fastsock-*.whl)

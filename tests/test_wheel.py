@@ -69,7 +69,7 @@ def _need_tools():
                if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed (pip install -e '.[test]')")
-    for tool in ("unzip", "readelf"):
+    for tool in ("readelf",):
         if subprocess.run(["sh", "-c", f"command -v {tool}"],
                           capture_output=True).returncode:
             pytest.skip(f"{tool} is not installed")
