@@ -10,7 +10,6 @@ import os
 import subprocess
 import sys
 import sysconfig
-import textwrap
 import zipfile
 from pathlib import Path
 
@@ -20,48 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-SMOKE = textwrap.dedent("""
-    import asyncio, os, sys, tempfile
-    import fastsock
-
-    assert fastsock.__file__.startswith(sys.prefix), fastsock.__file__
-
-    async def echo(reader, writer):
-        writer.write(await reader.read(100))
-        await writer.drain()
-        writer.close()
-
-    async def round_trip(server, connect):
-        async with server:
-            reader, writer = await connect()
-            writer.write(b"ping")
-            await writer.drain()
-            data = await reader.read(100)
-            writer.close()
-            await writer.wait_closed()
-            return data
-
-    async def main(expected):
-        loop = asyncio.get_running_loop()
-        assert loop.backend == expected, loop.backend
-        srv = await asyncio.start_server(echo, "127.0.0.1", 0)
-        port = srv.sockets[0].getsockname()[1]
-        assert await round_trip(
-            srv, lambda: asyncio.open_connection("127.0.0.1", port)) == b"ping"
-        path = os.path.join(tempfile.mkdtemp(), "s")
-        srv = await asyncio.start_unix_server(echo, path)
-        assert await round_trip(
-            srv, lambda: asyncio.open_unix_connection(path)) == b"ping"
-        return expected
-
-    ran = []
-    for name, info in fastsock.backends().items():
-        if info.available:
-            ran.append(fastsock.run(main(name), backend=name))
-        else:
-            print(f"skipped {name}: {info.reason}")
-    print("ran", " ".join(ran))
-""")
+SMOKE = ROOT / "scripts" / "smoke.py"
 
 
 def _need_tools():
@@ -115,7 +73,7 @@ def test_wheel_installs_and_runs_in_a_fresh_venv(built, tmp_path):
     # -I: no PYTHONPATH, no user site, not the current directory: only the
     # venv's site-packages can provide fastsock.  Run from elsewhere too.
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
-    res = subprocess.run([str(py), "-I", "-c", SMOKE], cwd=str(tmp_path),
+    res = subprocess.run([str(py), "-I", str(SMOKE)], cwd=str(tmp_path),
                          capture_output=True, text=True, timeout=120, env=env)
     assert res.returncode == 0, res.stdout + res.stderr
     ran = res.stdout.strip().splitlines()[-1].split()[1:]
