@@ -18,6 +18,13 @@ model's loop (web.AppRunner + SockSite); the ASGI app runs under uvicorn with
 httptools and `loop=` set the way a user would: "asyncio", "uvloop" or
 "fastsock:new_<backend>_loop".  Prints "READY tcp:HOST:PORT" once listening,
 or "SKIP <reason>" (exit status 3) when the model cannot run here.
+
+With --workers N (N > 1) the process becomes gunicorn (exec) serving the
+same listening socket (--bind fd://) with N workers of the model's worker
+class: fastsock.workers.AiohttpWorker / UvicornWorker (FASTSOCK_BACKEND set
+to the model) for epoll and uring, aiohttp's GunicornWebWorker /
+GunicornUVLoopWebWorker, and uvicorn-worker's UvicornWorker with
+loop="asyncio" / "uvloop" (httptools) for the others.
 """
 import argparse
 import asyncio
@@ -199,6 +206,57 @@ def serve_asgi(model, sock, shown, certfile, keyfile):
     server.run(sockets=[sock])
 
 
+# ---- gunicorn workers ----------------------------------------------------------
+
+GUNICORN_WORKERS = {
+    "aiohttp": {"asyncio": "aiohttp.GunicornWebWorker",
+                "uvloop": "aiohttp.GunicornUVLoopWebWorker",
+                "epoll": "fastsock.workers.AiohttpWorker",
+                "uring": "fastsock.workers.AiohttpWorker"},
+    "asgi": {"asyncio": f"{__name__}.UvicornAsyncioWorker",
+             "uvloop": f"{__name__}.UvicornUvloopWorker",
+             "epoll": "fastsock.workers.UvicornWorker",
+             "uring": "fastsock.workers.UvicornWorker"},
+}
+GUNICORN_APPS = {"aiohttp": "fastsock.bench.httpapp:aiohttp_factory",
+                 "asgi": "fastsock.bench.httpapp:asgi_app"}
+
+
+def __getattr__(name):
+    # uvicorn-worker's UvicornWorker with the loop named, httptools: what
+    # the asyncio and uvloop models run under gunicorn.
+    loops = {"UvicornAsyncioWorker": "asyncio", "UvicornUvloopWorker": "uvloop"}
+    if name not in loops:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from uvicorn_worker import UvicornWorker
+    cls = type(name, (UvicornWorker,), {
+        "CONFIG_KWARGS": {**UvicornWorker.CONFIG_KWARGS,
+                          "loop": loops[name], "http": "httptools"}})
+    cls.__module__ = __name__
+    globals()[name] = cls
+    return cls
+
+
+def exec_gunicorn(app, model, sock, shown, workers, certfile, keyfile):
+    from gunicorn.config import KNOWN_SETTINGS
+    fd = sock.fileno()
+    os.set_inheritable(fd, True)
+    sock.setblocking(True)
+    cmd = [sys.executable, "-m", "gunicorn", GUNICORN_APPS[app],
+           "--worker-class", GUNICORN_WORKERS[app][model],
+           "--workers", str(workers), "--bind", f"fd://{fd}",
+           "--log-level", "warning", "--graceful-timeout", "3"]
+    if certfile:
+        cmd += ["--certfile", certfile, "--keyfile", keyfile]
+    if any("--no-control-socket" in (s.cli or ()) for s in KNOWN_SETTINGS):
+        cmd.append("--no-control-socket")
+    env = dict(os.environ)
+    if model in ("epoll", "uring"):
+        env["FASTSOCK_BACKEND"] = model
+    print(f"READY {shown}", flush=True)
+    os.execve(sys.executable, cmd, env)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("app", choices=("aiohttp", "asgi"))
@@ -206,6 +264,7 @@ def main(argv=None):
     p.add_argument("--addr", default="tcp:127.0.0.1:0")
     p.add_argument("--certfile")
     p.add_argument("--keyfile")
+    p.add_argument("--workers", type=int, default=1)
     args = p.parse_args(argv)
     try:
         _check_model(args.model)
@@ -214,6 +273,10 @@ def main(argv=None):
         else:
             import httptools  # noqa: F401
             import uvicorn  # noqa: F401
+        if args.workers > 1:
+            import gunicorn  # noqa: F401
+            if args.app == "asgi":
+                import uvicorn_worker  # noqa: F401
     except Skip as exc:
         print(f"SKIP {exc}", flush=True)
         return 3
@@ -225,6 +288,9 @@ def main(argv=None):
     except (Skip, OSError) as exc:
         print(f"SKIP cannot listen on {args.addr}: {exc}", flush=True)
         return 3
+    if args.workers > 1:
+        exec_gunicorn(args.app, args.model, sock, shown, args.workers,
+                      args.certfile, args.keyfile)
     serve = serve_aiohttp if args.app == "aiohttp" else serve_asgi
     serve(args.model, sock, shown, args.certfile, args.keyfile)
     return 0
