@@ -213,8 +213,8 @@ GUNICORN_WORKERS = {
                 "uvloop": "aiohttp.GunicornUVLoopWebWorker",
                 "epoll": "fastsock.workers.AiohttpWorker",
                 "uring": "fastsock.workers.AiohttpWorker"},
-    "asgi": {"asyncio": f"{__name__}.UvicornAsyncioWorker",
-             "uvloop": f"{__name__}.UvicornUvloopWorker",
+    "asgi": {"asyncio": "fastsock.bench.httpapp.UvicornAsyncioWorker",
+             "uvloop": "fastsock.bench.httpapp.UvicornUvloopWorker",
              "epoll": "fastsock.workers.UvicornWorker",
              "uring": "fastsock.workers.UvicornWorker"},
 }
