@@ -264,6 +264,10 @@ def plot(path, rows, host):
     if any(r["workload"] == "pingpong" and r.get("p99_us") for r in good):
         panels.insert(1, ("pingpong", "p99_us",
                           [r for r in good if r["workload"] == "pingpong"]))
+    if any(r["workload"] == "http" and r.get("cpu_us_per_req") for r in good):
+        # Server CPU per request: steadier than req/s on a shared host.
+        panels.append(("http", "cpu_us_per_req",
+                       [r for r in good if r["workload"] == "http"]))
     if not panels:
         return "plot skipped: no results"
     ncols = 2
@@ -289,6 +293,7 @@ def plot(path, rows, host):
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=8)
         unit = {"p99_us": "p99 latency, us (lower is better)",
+                "cpu_us_per_req": "server CPU us/request (lower is better)",
                 "kib_per_conn": "KiB per idle conn (lower is better)"}.get(
                     metric, UNITS.get(metric, metric))
         ax.set_title(f"{WHAT[w]}: {unit}", fontsize=10)
