@@ -16,7 +16,7 @@ VENV   ?= .venv-$(PYVER)
 PY     := $(VENV)/bin/python
 PYX    := $(wildcard fastsock/*.pyx fastsock/*.pxd fastsock/*.pxi csrc/*.h csrc/*.c)
 
-.PHONY: all system venv build test test-loop bench bench-suite clean
+.PHONY: all system venv build test test-loop bench bench-suite wheel clean
 
 all: build
 
@@ -42,6 +42,7 @@ build: system $(VENV)/.built
 
 # The whole suite, then CPython's own asyncio tests on each backend.
 test: build
+	@scripts/ensure-tools.sh curl
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 	$(PY) tests/cpython_suite/run_cpython_asyncio.py --backend epoll
 	$(PY) tests/cpython_suite/run_cpython_asyncio.py --backend uring
@@ -53,10 +54,16 @@ test-loop: build
 	$(PY) tests/cpython_suite/run_cpython_asyncio.py --backend uring
 
 bench: build
+	@scripts/ensure-tools.sh wrk
 	$(VENV)/bin/fastsock bench $(BENCH_ARGS)
 
 bench-suite: build
 	$(PY) -m pytest bench --benchmark-only $(PYTEST_ARGS)
 
+# sdist in wheelhouse/, and a wheel for $(PYTHON) built from it: liburing
+# linked statically, repaired by auditwheel to a manylinux tag.
+wheel: system $(VENV)/.ready
+	scripts/build-wheel.sh $(PY) wheelhouse
+
 clean:
-	rm -rf build fastsock/*.c fastsock/*.so .venv-* .pytest_cache
+	rm -rf build fastsock/*.c fastsock/*.so .venv-* .pytest_cache dist wheelhouse

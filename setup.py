@@ -42,6 +42,10 @@ def extensions():
     from Cython.Build import cythonize
 
     include_dirs, objects, version = liburing_flags()
+    # Numeric too, for `#if`: newer liburing helpers (io_uring_setup_buf_ring,
+    # recv bundles, ...) where the headers have them; liburing 2.3 has no
+    # io_uring_version.h to tell.
+    major, minor = (int(v) for v in (version.split(".") + ["0"])[:2])
     exts = [
         Extension(
             f"fastsock.{name}",
@@ -50,7 +54,9 @@ def extensions():
             extra_objects=objects,
             extra_compile_args=["-O2", "-fno-strict-aliasing"],
             define_macros=[("_GNU_SOURCE", "1"),
-                           ("FASTSOCK_LIBURING_VERSION", f'"{version}"')],
+                           ("FASTSOCK_LIBURING_VERSION", f'"{version}"'),
+                           ("FASTSOCK_LIBURING_MAJOR", str(major)),
+                           ("FASTSOCK_LIBURING_MINOR", str(minor))],
         )
         for name in MODULES
     ]

@@ -6,9 +6,11 @@
 
 import asyncio
 import collections
+import sys
+import warnings
 
-__all__ = ["new_event_loop", "run", "EventLoopPolicy", "backends",
-           "BackendInfo", "Loop"]
+__all__ = ["new_event_loop", "new_uring_loop", "new_epoll_loop", "run",
+           "EventLoopPolicy", "backends", "BackendInfo", "Loop"]
 __version__ = "0.1.0"
 
 BackendInfo = collections.namedtuple("BackendInfo", "available reason")
@@ -72,12 +74,36 @@ def new_event_loop(backend="auto"):
     return LOOP_CLASSES[name](_driver_factory(name), name)
 
 
+# --- zero-argument loop factories --------------------------------------
+# For `asyncio.run(main(), loop_factory=...)`, `asyncio.Runner` and servers
+# that take a factory by name: `uvicorn app:app --loop fastsock:new_uring_loop`
+# (`fastsock:new_event_loop` is "auto").
+
+def new_uring_loop():
+    """A new io_uring event loop (RuntimeError, naming the cause, where
+    io_uring cannot be used)."""
+    return new_event_loop("uring")
+
+
+def new_epoll_loop():
+    """A new epoll event loop."""
+    return new_event_loop("epoll")
+
+
 def __getattr__(name):
     # The compiled modules load on first use, so `python -m fastsock` can
     # still explain itself (and bench the other models) without them.
     if name == "Loop":
         from fastsock.eventloop import Loop
         return Loop
+    if name == "EventLoopPolicy":
+        if _POLICY_DEPRECATED:
+            warnings.warn(
+                "fastsock.EventLoopPolicy is deprecated, as asyncio's event "
+                "loop policies are since Python 3.14; use "
+                "asyncio.run(main(), loop_factory=fastsock.new_event_loop) "
+                "or fastsock.run(main())", DeprecationWarning, stacklevel=2)
+        return _event_loop_policy_class()
     raise AttributeError(f"module 'fastsock' has no attribute {name!r}")
 
 
@@ -92,13 +118,34 @@ def run(main, *, backend="auto", debug=None):
         return r.run(main)
 
 
-class EventLoopPolicy(asyncio.DefaultEventLoopPolicy):
-    """An event loop policy whose loops are fastsock loops on `backend`."""
+# --- EventLoopPolicy -----------------------------------------------------
+# asyncio deprecates policies from Python 3.14 (removal planned for 3.16):
+# `fastsock.EventLoopPolicy` then warns as asyncio's own do.
+_POLICY_DEPRECATED = sys.version_info >= (3, 14)
+_policy_class = None
 
-    def __init__(self, backend="auto"):
-        super().__init__()
-        _resolve(backend)        # fail early on a bad or unavailable backend
-        self._backend = backend
 
-    def new_event_loop(self):
-        return new_event_loop(self._backend)
+def _event_loop_policy_class():
+    global _policy_class
+    if _policy_class is None:
+        with warnings.catch_warnings():
+            # asyncio.DefaultEventLoopPolicy itself warns on 3.14+.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            base = asyncio.DefaultEventLoopPolicy
+
+        class EventLoopPolicy(base):
+            """An event loop policy whose loops are fastsock loops on
+            `backend`."""
+
+            def __init__(self, backend="auto"):
+                super().__init__()
+                _resolve(backend)    # fail early on a bad or unavailable backend
+                self._backend = backend
+
+            def new_event_loop(self):
+                return new_event_loop(self._backend)
+
+        EventLoopPolicy.__module__ = __name__
+        EventLoopPolicy.__qualname__ = "EventLoopPolicy"
+        _policy_class = EventLoopPolicy
+    return _policy_class

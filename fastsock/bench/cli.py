@@ -14,6 +14,8 @@ DEFAULTS = dict(models=",".join(M.ALL_MODELS), transport="unix,tcp",
                 idle_conns=10000)
 QUICK = dict(transport="unix", conns="50", sizes="64", duration=0.3, warmup=0.1,
              rounds=1, idle_conns=1000)
+# wrk measures whole seconds: the http workload rounds --duration and
+# --warmup to at least 1 s.
 
 
 def add_arguments(p):
@@ -35,6 +37,9 @@ def add_arguments(p):
                    "(default: all)")
     p.add_argument("--idle-conns", type=int, help="connections for the idle "
                    f"memory workload (default {DEFAULTS['idle_conns']})")
+    p.add_argument("--workers", type=int, default=1, help="http: gunicorn "
+                   "with N workers of each model's worker class (default 1: "
+                   "one server process, no gunicorn)")
     p.add_argument("--json", metavar="FILE", help="write results as JSON")
     p.add_argument("--plot", metavar="FILE.png", help="write a PNG plot")
     p.add_argument("--quick", action="store_true", help="a short run (< 1 min): "
@@ -83,6 +88,10 @@ def resolve(args):
     if args.quick:
         cfg.sendfile_size = 4 << 20
         cfg.server_warmup = 0.5
+        cfg.http_security = ["tcp"]
+    if args.workers < 1:
+        raise SystemExit("fastsock bench: --workers needs a positive integer")
+    cfg.workers = args.workers
     return cfg
 
 

@@ -69,9 +69,11 @@ def cpu_plan():
 
 
 def _child_setup(cpu):
+    """cpu: one CPU number, a set of them, or None (anywhere)."""
     def setup():
         if cpu is not None:
-            os.sched_setaffinity(0, {cpu})
+            os.sched_setaffinity(0, cpu if isinstance(cpu, (set, frozenset))
+                                 else {cpu})
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         if soft < hard:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

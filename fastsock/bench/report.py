@@ -13,7 +13,7 @@ from fastsock.bench.runner import LOWER_IS_BETTER, PRIMARY, fmt_size
 UNITS = {"rps": "req/s", "mib_s": "MiB/s", "kib_per_conn": "KiB/conn"}
 WHAT = {"pingpong": "ping-pong", "stream": "streaming echo",
         "churn": "connection churn (accepts/s)", "sendfile": "sendfile",
-        "idle": "idle memory"}
+        "idle": "idle memory", "http": "HTTP, wrk"}
 
 
 def host_info(server_cpu, gen_cpu):
@@ -93,11 +93,11 @@ def table_rows(rows):
         cpu = r.get("cpu_us_per_req")
         out.append([
             case, r["model"],
-            fmt_num(r.get("rps")) if r["workload"] in ("pingpong", "churn") else "-",
+            fmt_num(r.get("rps")) if r["workload"] in ("pingpong", "churn", "http") else "-",
             fmt_num(r.get("mib_s"), 1) if r["workload"] != "idle" else "-",
             fmt_num(r.get("p50_us"), 1), fmt_num(r.get("p99_us"), 1),
             fmt_num(r.get("p999_us"), 1),
-            f"{cpu:.2f}" if cpu is not None and r["workload"] in ("pingpong", "churn") else "-",
+            f"{cpu:.2f}" if cpu is not None and r["workload"] in ("pingpong", "churn", "http") else "-",
             f"{r['kib_per_conn']:.2f}" if "kib_per_conn" in r else "-",
             f"{r['vs_uvloop']:.2f}" if "vs_uvloop" in r else "-",
             f"{r['vs_c']:.2f}" if "vs_c" in r else "-",
@@ -109,6 +109,8 @@ def _case_label(r):
     w = r["workload"]
     if w == "idle":
         return f"idle {r['transport']} {r['conns']}"
+    if w == "http":
+        return f"http {r.get('app', '')} {r['transport']} {r['conns']}c"
     p = f" p{r['pipeline']}" if r.get("pipeline", 1) > 1 else ""
     return f"{w} {r['transport']} {r['conns']}c {fmt_size(r['size'])}{p}"
 
@@ -180,7 +182,7 @@ def verdict(rows, skipped):
                 best[metric] < cb[metric] if lower else best[metric] > cb[metric] * 1.05):
             text += " [a Python model beat the C limit: too noisy to rank]"
         cpu = sorted((r for r in rs if r.get("cpu_us_per_req")
-                      and r["workload"] in ("pingpong", "churn")),
+                      and r["workload"] in ("pingpong", "churn", "http")),
                      key=lambda r: r["cpu_us_per_req"])
         if cpu:
             # Server CPU time per request barely moves when other processes
@@ -202,9 +204,12 @@ def verdict(rows, skipped):
     if errs:
         lines.append("DATA ERRORS (bytes wrong, missing or extra): " + ", ".join(
             f"{r['model']} in {_case_label(r)} ({r['data_errors']})" for r in errs))
-    else:
+    elif any(r["workload"] != "http" for r in rows):
         lines.append("Every byte received was checked against what was sent; "
                      "no mismatches.")
+    if any(r["workload"] == "http" for r in rows):
+        lines.append("HTTP: wrk counts socket errors and answers other than "
+                     "2xx/3xx (in the notes); it does not check bodies.")
     cerrs = [r for r in rows if r.get("errors") and not r.get("data_errors")]
     if cerrs:
         lines.append("Connection errors (see the notes): " + ", ".join(
@@ -252,13 +257,17 @@ def plot(path, rows, host):
         return f"plot skipped: matplotlib not installed ({exc})"
     good = [r for r in rows if "skipped" not in r and "error" not in r]
     panels = []
-    for w in ("pingpong", "stream", "churn", "sendfile", "idle"):
+    for w in ("pingpong", "stream", "churn", "sendfile", "idle", "http"):
         rs = [r for r in good if r["workload"] == w]
         if rs:
             panels.append((w, PRIMARY[w], rs))
     if any(r["workload"] == "pingpong" and r.get("p99_us") for r in good):
         panels.insert(1, ("pingpong", "p99_us",
                           [r for r in good if r["workload"] == "pingpong"]))
+    if any(r["workload"] == "http" and r.get("cpu_us_per_req") for r in good):
+        # Server CPU per request: steadier than req/s on a shared host.
+        panels.append(("http", "cpu_us_per_req",
+                       [r for r in good if r["workload"] == "http"]))
     if not panels:
         return "plot skipped: no results"
     ncols = 2
@@ -284,6 +293,7 @@ def plot(path, rows, host):
         ax.set_xticks(range(len(cases)))
         ax.set_xticklabels(cases, rotation=20, ha="right", fontsize=8)
         unit = {"p99_us": "p99 latency, us (lower is better)",
+                "cpu_us_per_req": "server CPU us/request (lower is better)",
                 "kib_per_conn": "KiB per idle conn (lower is better)"}.get(
                     metric, UNITS.get(metric, metric))
         ax.set_title(f"{WHAT[w]}: {unit}", fontsize=10)

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, field
 from fastsock.bench import models as M
 from fastsock.bench import native
 
-WORKLOADS = ("pingpong", "stream", "churn", "sendfile", "idle")
+WORKLOADS = ("pingpong", "stream", "churn", "sendfile", "idle", "http")
 # The number each workload is judged by; idle memory is better when lower.
 PRIMARY = {"pingpong": "rps", "stream": "mib_s", "churn": "rps",
-           "sendfile": "mib_s", "idle": "kib_per_conn"}
+           "sendfile": "mib_s", "idle": "kib_per_conn", "http": "rps"}
 LOWER_IS_BETTER = {"kib_per_conn"}
 
 
@@ -36,8 +36,11 @@ class Case:
     conns: int
     size: int
     pipeline: int = 1
+    app: str = ""           # http: "aiohttp" or "asgi" (transport: tcp / tls)
 
     def label(self):
+        if self.workload == "http":
+            return f"http {self.app} {self.transport} {self.conns}c"
         if self.workload == "pingpong":
             p = f" p{self.pipeline}" if self.pipeline > 1 else ""
             return f"pingpong {self.transport} {self.conns}c x {fmt_size(self.size)}{p}"
@@ -73,6 +76,12 @@ class Config:
     sendfile_conns: int = 8
     sendfile_size: int = 8 << 20
     server_warmup: float = 1.0
+    # http (fastsock/bench/http.py): wrk with http_conns connections against
+    # each app, plain and TLS; gunicorn with `workers` workers when > 1.
+    http_apps: list = field(default_factory=lambda: ["aiohttp", "asgi"])
+    http_security: list = field(default_factory=lambda: ["tcp", "tls"])
+    http_conns: int = 50
+    workers: int = 1
 
 
 def plan(cfg):
@@ -89,6 +98,9 @@ def plan(cfg):
             cases.append(Case("churn", t, cfg.churn_conns, 64))
         if "sendfile" in cfg.workloads:
             cases.append(Case("sendfile", t, cfg.sendfile_conns, cfg.sendfile_size))
+    if "http" in cfg.workloads:
+        cases += [Case("http", sec, cfg.http_conns, 0, 1, app)
+                  for app in cfg.http_apps for sec in cfg.http_security]
     if "idle" in cfg.workloads:
         # One transport is enough: per-connection memory is the loop's
         # bookkeeping plus the kernel socket, which is not in the RSS.
@@ -116,6 +128,7 @@ class Bench:
         self.runs = []             # every single measurement
         self.loadgen = None
         self.pattern_file = None
+        self.http = None           # http.HttpBench, made on first use
 
     # ---- setup -----------------------------------------------------------
 
@@ -142,6 +155,8 @@ class Bench:
         for s in self.servers.values():
             s.stop()
         self.servers.clear()
+        if self.http is not None:
+            self.http.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _pattern(self):
@@ -191,6 +206,12 @@ class Bench:
         return (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
 
     def measure(self, case, model, rnd):
+        if case.workload == "http":
+            if self.http is None:
+                from fastsock.bench.http import HttpBench
+                self.http = HttpBench(self.cfg, self.workdir, self.server_cpu,
+                                      self.gen_cpu, self.on_note)
+            return self.http.measure(case, model, rnd)
         mode = "sendfile" if case.workload == "sendfile" else "echo"
         rec = {"model": model, "workload": case.workload, "transport": case.transport,
                "conns": case.conns, "size": case.size, "pipeline": case.pipeline,
@@ -315,6 +336,7 @@ class Bench:
                         rec = {"model": model, "workload": case.workload,
                                "transport": case.transport, "conns": case.conns,
                                "size": case.size, "pipeline": case.pipeline,
+                               "app": case.app,
                                "round": rnd, "error": f"{type(exc).__name__}: {exc}"}
                     self.runs.append(rec)
         return summarize(cases, models, self.runs)
@@ -331,7 +353,8 @@ def summarize(cases, models, runs):
         for model in models:
             rs = [r for r in runs if r["model"] == model and r["workload"] == case.workload
                   and r["transport"] == case.transport and r["conns"] == case.conns
-                  and r["size"] == case.size and r["pipeline"] == case.pipeline]
+                  and r["size"] == case.size and r["pipeline"] == case.pipeline
+                  and r.get("app", "") == case.app]
             if not rs:
                 continue
             row = {"model": model, **asdict(case)}
@@ -386,7 +409,8 @@ def add_ratios(rows):
     idle memory too: uvloop's KiB / this model's KiB)."""
     groups = {}
     for r in rows:
-        key = (r["workload"], r["transport"], r["conns"], r["size"], r["pipeline"])
+        key = (r["workload"], r["transport"], r["conns"], r["size"], r["pipeline"],
+               r.get("app", ""))
         groups.setdefault(key, []).append(r)
     for key, rs in groups.items():
         metric = PRIMARY[key[0]]
