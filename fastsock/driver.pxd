@@ -181,6 +181,8 @@ cdef class Driver:
     # Readiness interest for watchers (POLLIN|POLLOUT).
     cdef int watch(self, Endpoint ep, uint32_t events) except -1
     # Forget the fd; on_released() follows once the kernel is done with it.
+    # A listener's fd may be closed as soon as release() returns: no kernel
+    # operation holds a listening socket open after that.
     cdef int release(self, Endpoint ep) except -1
     # Completion drivers also take sock_* operations as Requests, from
     # Python (sock_methods.py): submit_request(req, callback, flags) runs

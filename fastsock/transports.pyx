@@ -57,6 +57,20 @@ cdef server_detach(object server, object transport):
         server._detach()
 
 
+cdef set_nodelay(object sock):
+    # Every TCP stream sends small writes at once. asyncio sets TCP_NODELAY
+    # only when the socket's proto is IPPROTO_TCP; a socket made with proto
+    # 0 (socket.socket(), uvicorn's --workers sockets) is the same TCP
+    # socket, and without it a response written in two parts waits for the
+    # peer's delayed ACK (40 ms). uvloop sets it on every TCP stream too.
+    if (sock.family in (socket.AF_INET, socket.AF_INET6)
+            and sock.type == socket.SOCK_STREAM):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 cdef object errno_error(int err):
     # OSError(errno, ...) picks the subclass asyncio raises
     # (ConnectionResetError, BrokenPipeError, ...).
@@ -435,7 +449,7 @@ cdef class StreamTransport(BaseTransport):
         self.wbuf = []
         self.zc_threshold = DEFAULT_ZEROCOPY_THRESHOLD
         self.zc_enabled = sock.family in (socket.AF_INET, socket.AF_INET6)
-        base_events._set_nodelay(sock)
+        set_nodelay(sock)
         self.setup(loop, sock, protocol, extra, server)
         self.start(waiter)
         return self
@@ -1135,14 +1149,13 @@ cdef class Listener(Endpoint):
         self.loop.driver.start_reading(self)
 
     def stop(self):
-        # Stop listening now: Server.close() promises refused connections
-        # at once, while io_uring closes the fd only after the cancelled
-        # accept's CQE.
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        # Server.close() promises refused connections at once, as closing a
+        # selector loop's socket gives: once release() returns no kernel
+        # operation holds a listening socket (driver.pxd), so our fd is
+        # closed now. Never shutdown(): the socket may be shared with other
+        # processes (gunicorn's workers) that go on listening.
         self.loop.driver.release(self)
+        self.sock.close()
 
     cdef int on_accept(self, int fd) except -1:
         # Family, type and proto given: the socket object asks the kernel
@@ -1194,7 +1207,7 @@ cdef class Listener(Endpoint):
         return 0
 
     cdef int on_released(self) except -1:
-        self.sock.close()
+        self.sock.close()           # (closed by stop() already, usually)
         return 0
 
 

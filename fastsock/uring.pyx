@@ -934,6 +934,14 @@ cdef class UringDriver(Driver):
             # its user_data, not by an fd number that may be gone (or
             # reused). Until then the poll's file reference keeps the file.
             return self.cancel_op(ep, OP_POLL)
+        if ep.kind == KIND_LISTENER:
+            # The cancelled accept holds the socket's file until its task
+            # work runs: run it now, so that closing the fd after release()
+            # stops listening at once (the CQE is reaped as usual).
+            self.cancel_op(ep, OP_ACCEPT)
+            if self.enabled and self.on_issuer_thread():
+                io_uring_submit_and_get_events(&self.ring)
+            return 0
         if ep.kind == KIND_STREAM and ep.flags & EP_ABORTIVE:
             # Zero-copy sends wait for the peer's ack before the kernel
             # lets go of their pages: reset the stream so it does now.

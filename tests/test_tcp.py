@@ -522,3 +522,30 @@ def test_streams_api(loop, run):
         await asyncio.sleep(0)
 
     run(main())
+
+
+def test_nodelay_on_every_tcp_stream(loop, run, request):
+    """TCP_NODELAY is on for every TCP transport, also one made from a
+    socket created with proto 0 (socket.socket(), uvicorn's worker
+    sockets), which asyncio leaves with Nagle's algorithm on."""
+    from _helpers import stock_asyncio_differs
+    stock_asyncio_differs(request, reason=(
+        "asyncio sets TCP_NODELAY only when sock.proto is IPPROTO_TCP"))
+
+    async def main():
+        server = await loop.create_server(EchoProtocol, "127.0.0.1", 0)
+        addr = server.sockets[0].getsockname()
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)   # proto 0
+        sock.setblocking(False)
+        await loop.sock_connect(sock, addr)
+        tr, proto = await loop.create_connection(RecordingProtocol, sock=sock)
+        try:
+            s = tr.get_extra_info("socket")
+            assert s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        finally:
+            tr.close()
+            await proto.lost
+            server.close()
+            await server.wait_closed()
+
+    run(main())
