@@ -30,7 +30,10 @@ def _driver_factory(name):
                      f"'auto', {', '.join(repr(b) for b in _BACKENDS)}")
 
 
-def _availability(name):
+def _availability(name, passing_errors_raise=False):
+    # `passing_errors_raise`: a condition of this process that will pass
+    # (out of fds: EMFILE) raises its OSError, as making any loop would,
+    # instead of reading as "not available here".
     if name == "epoll":
         try:
             from fastsock import epoll      # noqa: F401
@@ -41,7 +44,13 @@ def _availability(name):
         from fastsock import uring
     except ImportError as exc:
         return BackendInfo(False, f"io_uring driver not built: {exc}")
-    probe = uring.probe()
+    try:
+        probe = uring.probe()
+    except OSError as exc:
+        if passing_errors_raise:
+            raise
+        return BackendInfo(False, f"{exc} (a passing condition of this "
+                                  "process: asked again next time)")
     return BackendInfo(probe["available"], probe["reason"])
 
 
@@ -54,10 +63,10 @@ def backends():
 def _resolve(backend):
     if backend == "auto":
         for name in _BACKENDS:
-            if _availability(name).available:
+            if _availability(name, passing_errors_raise=True).available:
                 return name
     if backend in _BACKENDS:
-        info = _availability(backend)
+        info = _availability(backend, passing_errors_raise=True)
         if not info.available:
             raise RuntimeError(
                 f"fastsock backend {backend!r} is not available: "
@@ -68,7 +77,12 @@ def _resolve(backend):
 
 def new_event_loop(backend="auto"):
     """A new asyncio event loop on `backend`: "epoll", "uring" or "auto"
-    (io_uring where it works, else epoll)."""
+    (io_uring where it works, else epoll).
+
+    Raises ValueError for an unknown backend name, RuntimeError (naming the
+    cause, as backends() gives it) when the backend cannot run on this
+    host, and OSError when the process is out of a resource the loop needs
+    (EMFILE, ENOMEM, ...), as asyncio.new_event_loop() does."""
     from fastsock.eventloop import LOOP_CLASSES
     name = _resolve(backend)
     return LOOP_CLASSES[name](_driver_factory(name), name)

@@ -297,7 +297,9 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
                                        blocksize)
         seg = sender.seg
         try:
-            return await seg.done
+            # shielded: a cancel must not cancel `done`, which says when the
+            # kernel has stopped
+            return await asyncio.shield(seg.done)
         except exceptions.CancelledError:
             # Stop the transfer, and give the socket back only once the
             # kernel no longer works on it: nothing of the file may follow
@@ -328,7 +330,7 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         seg = None
         try:
             seg = transp._sendfile(fileno, offset, blocksize)
-            return await seg.done
+            return await asyncio.shield(seg.done)   # (see above)
         except exceptions.CancelledError:
             if seg is not None:
                 # Stop at the cancel, as asyncio does; what follows on the

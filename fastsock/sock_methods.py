@@ -429,9 +429,9 @@ class CompletionSockMethods(ReadinessSockMethods):
     async def sock_sendto(self, sock, data, address):
         self._check_sock(sock)
         if address is None:
-            # sendto() needs an address; the socket module says so.
-            raise TypeError("sendto() argument 2 must be a valid address, "
-                            "not None")
+            # sendto() needs an address: the socket module raises its own
+            # TypeError (before sending anything).
+            sock.sendto(data, address)
         sent = await self._sock_send_request(sock, _driver.SENDMSG, data,
                                              address)
         if sent is not None:

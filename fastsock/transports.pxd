@@ -16,8 +16,9 @@ cdef class BaseTransport(Endpoint):
         bint paused                 # pause_reading()
         bint protocol_paused        # pause_writing() sent to the protocol
         int conn_lost
-        Py_ssize_t high_water
+        Py_ssize_t high_water       # flow control marks, in whole bytes
         Py_ssize_t low_water
+        object limits               # (low, high) as given, if not ints
         object lost_exc
         object leftovers            # sock_methods.Leftovers, or None
         object __weakref__
@@ -27,7 +28,7 @@ cdef class BaseTransport(Endpoint):
     cdef int start(self, object waiter) except -1
     cdef Py_ssize_t backlog(self)
     cdef bint has_backlog(self)
-    cdef int drop_backlog(self) except -1
+    cdef int drop_backlog(self, object exc) except -1
     cdef int begin_release(self, object exc) except -1
     cdef int read_start(self) except -1
     cdef int feed_leftover(self, object item, object addr) except -1

@@ -9,6 +9,7 @@ reference for every message, exception and callback order here).
 
 import collections
 import logging
+import math
 import os
 import socket
 import sys
@@ -55,6 +56,14 @@ cdef server_detach(object server, object transport):
         server._detach(transport)
     else:
         server._detach()
+
+
+# Python 3.13 sends zero-length datagrams (RFC 868 and the like need them;
+# gh-113812) and counts 8 bytes of header per queued datagram in the write
+# buffer size, so a flood of empty ones still reaches the high-water mark
+# (3.13.0 forgot to take them off again: gh-135444; fastsock takes them off).
+cdef bint SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
+cdef Py_ssize_t DATAGRAM_OVERHEAD = 8 if sys.version_info >= (3, 13) else 0
 
 
 cdef set_nodelay(object sock):
@@ -237,9 +246,16 @@ cdef class BaseTransport(Endpoint):
         return self.backlog()
 
     def get_write_buffer_limits(self):
+        if self.limits is not None:
+            return self.limits
         return (self.low_water, self.high_water)
 
     def set_write_buffer_limits(self, high=None, low=None):
+        """Flow control marks in bytes (asyncio's): pause_writing() once the
+        write buffer is above `high`, resume_writing() once it is at `low`
+        or below. high defaults to 64 KiB (4 * low when only low is given),
+        low to high // 4. Any real numbers are taken, as asyncio takes them;
+        ValueError unless high >= low >= 0."""
         if high is None:
             high = 64 * 1024 if low is None else 4 * low
         if low is None:
@@ -247,8 +263,12 @@ cdef class BaseTransport(Endpoint):
         if not high >= low >= 0:
             raise ValueError(
                 f'high ({high!r}) must be >= low ({low!r}) must be >= 0')
-        self.high_water = high
-        self.low_water = low
+        # The buffer size is a whole number of bytes: comparing it with the
+        # floor of a mark gives the same answer as with the mark.
+        self.high_water = math.floor(high)
+        self.low_water = math.floor(low)
+        self.limits = (None if type(high) is int and type(low) is int
+                       else (low, high))
         self.maybe_pause_protocol()
 
     cdef int maybe_pause_protocol(self) except -1:
@@ -292,7 +312,7 @@ cdef class BaseTransport(Endpoint):
     cdef bint has_backlog(self):
         return self.backlog() != 0
 
-    cdef int drop_backlog(self) except -1:
+    cdef int drop_backlog(self, object exc) except -1:
         return 0
 
     cdef int callback_failed(self, object exc, str callback) except -1:
@@ -322,7 +342,7 @@ cdef class BaseTransport(Endpoint):
     cdef int force_close(self, object exc) except -1:
         if self.conn_lost:
             return 0
-        self.drop_backlog()
+        self.drop_backlog(exc)
         if not self.closing:
             self.closing = True
             self.loop.driver.stop_reading(self)
@@ -818,11 +838,13 @@ cdef class StreamTransport(BaseTransport):
             self.empty_waiter.set_exception(exc)
         return 0
 
-    cdef int drop_backlog(self) except -1:
+    cdef int drop_backlog(self, object exc) except -1:
         # A send in flight holds its own memory (the driver keeps its
         # Request until the kernel is done): the buffer can go at once.
+        # File transfers waiting on it fail with what ended the stream.
         if self.wbuf:
-            self.fail_files(ConnectionError('Connection lost'))
+            self.fail_files(exc if exc is not None
+                            else ConnectionError('Connection lost'))
             self.wbuf = []
         self.wbuf_size = self.wbuf_start = self.wbuf_offset = 0
         return 0
@@ -952,7 +974,7 @@ cdef class DatagramTransport(BaseTransport):
     cdef Py_ssize_t backlog(self):
         return self.dbuf_size
 
-    cdef int drop_backlog(self) except -1:
+    cdef int drop_backlog(self, object exc) except -1:
         # The driver drops its queue on release(); nothing is reported.
         self.dbuf_size = 0
         return 0
@@ -995,7 +1017,7 @@ cdef class DatagramTransport(BaseTransport):
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
-        if not data:
+        if not data and not SENDS_EMPTY_DATAGRAMS:
             return
         if self.address:
             if addr not in (None, self.address):
@@ -1026,7 +1048,7 @@ cdef class DatagramTransport(BaseTransport):
             except BaseException as exc:
                 self.fatal_error(exc, 'Fatal write error on datagram transport')
                 return
-        self.dbuf_size += req.size
+        self.dbuf_size += req.size + DATAGRAM_OVERHEAD
         self.loop.driver.send(self, req, True)
         self.maybe_pause_protocol()
 
@@ -1044,7 +1066,7 @@ cdef class DatagramTransport(BaseTransport):
         return 0
 
     cdef int on_sent(self, Request req, Py_ssize_t res) except -1:
-        self.dbuf_size -= req.size
+        self.dbuf_size -= req.size + DATAGRAM_OVERHEAD
         if res < 0:
             self.report_error(errno_error(<int>-res))
         self.maybe_resume_protocol()

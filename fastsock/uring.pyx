@@ -1327,6 +1327,7 @@ _OPTIONAL_OPS = {
 }
 
 _probe_result = None
+_PASSING_ERRNOS = (EMFILE, ENFILE, ENOMEM, ENOBUFS, EAGAIN)
 
 
 def _io_uring_disabled_sysctl():
@@ -1396,7 +1397,10 @@ def probe():
     Returns a dict: available (bool), reason (why not, "" if it can),
     setup_flags (names the kernel accepted), opcodes (supported names of
     those fastsock uses), liburing_version (built against), kernel.
-    The answer is computed once per process."""
+    The answer is a property of the host and computed once per process.
+    Raises OSError for a passing condition of this process (out of file
+    descriptors or memory: EMFILE, ENFILE, ENOMEM, ENOBUFS, EAGAIN), which
+    is not remembered: the next call probes again."""
     global _probe_result
     if _probe_result is not None:
         return dict(_probe_result)
@@ -1410,6 +1414,8 @@ def probe():
     try:
         drv = UringDriver.new(None, 8, 64, 8, 4096)
     except OSError as exc:
+        if exc.errno in _PASSING_ERRNOS:
+            raise
         if exc.errno == EPERM:
             why = "io_uring_setup() was refused with EPERM"
             if disabled:

@@ -12,22 +12,33 @@ import tempfile
 BACKENDS = ["asyncio", "epoll", "uring"]
 
 
-def stock_asyncio_differs(request, reason, since=None, before=None):
+def stock_asyncio_differs(request, reason, since=None, before=None,
+                          when=None):
     """Mark the running test as expected to fail on stock asyncio on the
     Pythons where CPython behaves otherwise than the test checks: from
     `since` on (CPython changed it; fastsock keeps it), `before` a version
-    (CPython had a bug, fixed then; fastsock follows the fix), or on every
-    version when neither is given (fastsock keeps what asyncio loses).
+    (CPython had a bug, fixed then; fastsock follows the fix), both (a
+    regression in a range of releases), on every version when neither is
+    given (fastsock keeps what asyncio loses), or as `when` says (a fix
+    read off the installed asyncio itself).
     `reason` names the change. Strict: once the reference agrees, the mark
     must go."""
     import pytest
     import sys
     if request.node.callspec.params.get("loop") != "asyncio":
         return
-    if ((since is None and before is None)
-            or (since is not None and sys.version_info >= since)
-            or (before is not None and sys.version_info < before)):
+    if when is None:
+        when = ((since is None or sys.version_info >= since)
+                and (before is None or sys.version_info < before))
+    if when:
         request.node.add_marker(pytest.mark.xfail(reason=reason, strict=True))
+
+
+def asyncio_source_has(func, text):
+    """Whether the installed asyncio's `func` contains `text`: tells a
+    CPython bug still present from one fixed in a later patch release."""
+    import inspect
+    return text in inspect.getsource(func)
 
 
 def run_coro(loop, coro, timeout=10.0):

@@ -243,3 +243,75 @@ def test_auto_falls_back_to_epoll_under_seccomp(fastsock):
     assert out["uring_error"], "backend='uring' must fail under seccomp"
     assert ("EPERM" in out["uring_error"] or "ermission" in out["uring_error"]
             or "seccomp" in out["uring_error"].lower()), out["uring_error"]
+
+
+_OUT_OF_FDS_THEN_BACK = r"""
+import errno, json, os, resource, sys
+import fastsock
+backend = sys.argv[1]
+out = {}
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+# Leave no free descriptor: making a loop fails with EMFILE, as asyncio's
+# new_event_loop() does.
+highest = max(int(fd) for fd in os.listdir("/proc/self/fd"))
+spare = []
+resource.setrlimit(resource.RLIMIT_NOFILE, (highest + 1, hard))
+try:
+    while True:
+        spare.append(os.open("/dev/null", os.O_RDONLY))
+except OSError:
+    pass
+try:
+    fastsock.new_event_loop(backend).close()
+    out["first"] = "made"
+except OSError as exc:
+    out["first"] = errno.errorcode.get(exc.errno, str(exc.errno))
+except Exception as exc:
+    out["first"] = f"{type(exc).__name__}: {exc}"
+for fd in spare:
+    os.close(fd)
+resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+# The condition passed: a loop on the same backend works now.
+loop = fastsock.new_event_loop(backend)
+out["second"] = loop.backend
+loop.close()
+out["uring_available"] = fastsock.backends()["uring"].available
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize("backend", ["uring", "epoll", "auto"])
+def test_out_of_descriptors_is_not_remembered(fastsock, backend):
+    """A loop made while the process is out of fds fails with
+    OSError(EMFILE); once fds are free again the next one works, on the
+    backend asked for (a passing condition is no property of the host)."""
+    if backend != "epoll" and not fastsock.backends()["uring"].available:
+        pytest.skip("io_uring is not available here")
+    r = subprocess.run([sys.executable, "-c", _OUT_OF_FDS_THEN_BACK, backend],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["first"] in ("EMFILE", "ENFILE"), out
+    assert out["second"] == ("uring" if backend == "auto" else backend), out
+    assert out["uring_available"] is True, out
+
+
+_UNCLOSED_AT_EXIT = r"""
+import sys
+import fastsock
+loop = fastsock.new_event_loop(sys.argv[1])   # never closed: kept to the end
+"""
+
+
+@pytest.mark.parametrize("backend", ["epoll", "uring"])
+def test_loop_left_unclosed_at_interpreter_exit(fastsock, backend):
+    """A loop garbage-collected unclosed at interpreter shutdown warns
+    (ResourceWarning, as asyncio's do) and nothing else: no exception from
+    close() while modules are torn down."""
+    if backend == "uring" and not fastsock.backends()["uring"].available:
+        pytest.skip("io_uring is not available here")
+    r = subprocess.run([sys.executable, "-X", "dev", "-c", _UNCLOSED_AT_EXIT,
+                        backend], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    assert "Error" not in r.stderr.replace("ResourceWarning", ""), r.stderr

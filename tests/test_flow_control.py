@@ -236,3 +236,21 @@ def test_stream_writer_drain_waits_for_peer(loop, run, kind):
         await server.wait_closed()
 
     run(main(), timeout=40)
+
+
+def test_write_buffer_limits_take_any_real_numbers(loop, run):
+    """set_write_buffer_limits() takes the numbers asyncio takes (floats
+    among them) and reports them as given."""
+    from _helpers import StreamPair
+
+    async def main():
+        async with StreamPair(loop, "unix") as p:
+            tr = p.client.transport
+            tr.set_write_buffer_limits(high=1.5)
+            assert tr.get_write_buffer_limits() == (0.0, 1.5)
+            tr.set_write_buffer_limits(high=4096, low=1024)
+            assert tr.get_write_buffer_limits() == (1024, 4096)
+            with pytest.raises(ValueError):
+                tr.set_write_buffer_limits(high=1.0, low=2.5)
+
+    run(main())

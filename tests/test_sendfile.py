@@ -271,3 +271,133 @@ def test_sock_sendfile_errors(loop, run, datafile, tmp_path):
                 await loop.sock_sendfile(udp, datafile)
 
     run(main())
+
+
+BIG = payload(48 * 1024 * 1024, seed=52)
+
+
+@pytest.fixture
+def bigfile(tmp_path):
+    p = tmp_path / "big.bin"
+    p.write_bytes(BIG)
+    with open(p, "rb") as f:
+        yield f
+
+
+async def _read_slowly(loop, sock, until_marker, chunk=65536):
+    # A reader that takes 64 KiB every few ms, up to the marker.
+    got = bytearray()
+    while not got.endswith(until_marker):
+        data = await asyncio.wait_for(loop.sock_recv(sock, chunk), 10)
+        if not data:
+            break
+        got += data
+        await asyncio.sleep(0.002)
+    return bytes(got)
+
+
+def test_cancelled_sock_sendfile_stops_at_the_cancel(loop, run, bigfile,
+                                                      backend_name):
+    """Cancelling sock_sendfile() stops the transfer: what the peer gets
+    after the file's prefix is what the caller sends next, and the socket is
+    free for other uses at once."""
+    a, b = socket.socketpair()
+    for s in (a, b):
+        s.setblocking(False)
+
+    async def main():
+        task = asyncio.ensure_future(loop.sock_sendfile(a, bigfile))
+        reader = asyncio.ensure_future(_read_slowly(loop, b, b"MARKER"))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await loop.sock_sendall(a, b"MARKER")
+        got = await reader
+        assert got.endswith(b"MARKER")
+        body = got[:-len(b"MARKER")]
+        assert len(body) < len(BIG)
+        assert body == BIG[:len(body)]
+        if backend_name != "asyncio":
+            # fastsock moves the position past what was sent, as on every
+            # other outcome; asyncio leaves it where it was on a cancel.
+            assert bigfile.tell() == len(body)
+        # The loop let go of the fd: a transport can be made from it.
+        tr, proto = await loop.connect_accepted_socket(RecordingProtocol, a)
+        tr.close()
+        await proto.lost
+
+    with b:
+        run(main(), timeout=60)
+
+
+def test_cancelled_sendfile_stops_at_the_cancel(loop, run, bigfile,
+                                                backend_name):
+    """loop.sendfile() over a transport, cancelled: the file stops there;
+    a write after it follows the file's prefix on the stream."""
+    async def main():
+        async with StreamPair(loop, "unix") as p:
+            st = p.server_proto.transport
+            st.pause_reading()
+            task = asyncio.ensure_future(
+                loop.sendfile(p.client.transport, bigfile))
+            await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            p.client.transport.write(b"MARKER")
+            st.resume_reading()
+            while not p.server_proto.data.endswith(b"MARKER"):
+                await asyncio.wait_for(
+                    p.server_proto.wait_data(len(p.server_proto.data) + 1), 10)
+            body = bytes(p.server_proto.data[:-len(b"MARKER")])
+            assert len(body) < len(BIG)
+            assert body == BIG[:len(body)]
+            if backend_name != "asyncio":       # see the test above
+                assert bigfile.tell() == len(body)
+
+    run(main(), timeout=60)
+
+
+class _MovedFile:
+    """An in-memory file (no fileno(): the fallback path) whose position
+    someone moved before the call."""
+
+    def __init__(self, data):
+        import io
+        self.f = io.BytesIO(data)
+        self.f.seek(1000)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_sendfile_fallback_reads_from_offset_zero(loop, run, request):
+    """offset=0 means the start of the file, wherever its position is
+    (CPython 3.11-3.13 sent from the current position; gh-150107)."""
+    from asyncio import base_events
+    from _helpers import asyncio_source_has, stock_asyncio_differs
+    stock_asyncio_differs(request, when=asyncio_source_has(
+        base_events.BaseEventLoop._sock_sendfile_fallback, "if offset:"),
+        reason="asyncio's sendfile fallbacks seek only for a true offset "
+               "(gh-150107)")
+    data = payload(5000, seed=53)
+
+    async def main():
+        async with StreamPair(loop, "unix") as p:
+            sent = await loop.sendfile(p.client.transport, _MovedFile(data),
+                                       offset=0)
+            assert sent == len(data)
+            assert await p.server_proto.wait_data(len(data)) == data
+        a, b = socket.socketpair()
+        with a, b:
+            a.setblocking(False)
+            b.setblocking(False)
+            sent = await loop.sock_sendfile(a, _MovedFile(data), offset=0)
+            assert sent == len(data)
+            got = b""
+            while len(got) < len(data):
+                got += await loop.sock_recv(b, 65536)
+            assert got == data
+
+    run(main())

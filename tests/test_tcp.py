@@ -549,3 +549,37 @@ def test_nodelay_on_every_tcp_stream(loop, run, request):
             await server.wait_closed()
 
     run(main())
+
+
+def test_peername_of_a_client_that_reset_before_accept(loop, run):
+    """A client that connects and resets before the server accepts it: in
+    connection_made, get_extra_info('peername') is still the address
+    accept() returned (getpeername() fails by then; the kernel keeps the
+    address, SO_PEERNAME reads it)."""
+    import struct
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    client = socket.socket()
+    client.connect(listener.getsockname())
+    client_addr = client.getsockname()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                      struct.pack("ii", 1, 0))
+    client.close()                      # RST, still in the accept queue
+
+    async def main():
+        seen = loop.create_future()
+
+        class P(asyncio.Protocol):
+            def connection_made(self, transport):
+                if not seen.done():
+                    seen.set_result(transport.get_extra_info("peername"))
+
+        server = await loop.create_server(P, sock=listener)
+        try:
+            assert await asyncio.wait_for(seen, 5) == client_addr
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())

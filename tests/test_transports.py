@@ -1,6 +1,7 @@
 """Stream transport semantics, on TCP and Unix sockets."""
 
 import asyncio
+import os
 import socket
 
 import pytest
@@ -643,5 +644,50 @@ def test_transports_are_asyncio_transports(loop, run, kind):
                 assert not isinstance(tr, asyncio.DatagramTransport)
                 assert not isinstance(tr, asyncio.SubprocessTransport)
                 assert issubclass(tr.__class__, asyncio.Transport)
+
+    run(main())
+
+
+def test_write_reaches_the_kernel_before_it_returns(loop, run, kind):
+    """A write to an idle stream is handed to the kernel before write()
+    returns (asyncio's selector transports send at once): a callback that
+    writes and then blocks until a thread on the other end has read the
+    bytes completes, and the write buffer is empty right after."""
+    import threading
+
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            peer_sock = p.server_proto.transport.get_extra_info("socket")
+            p.server_proto.transport.pause_reading()
+            received = threading.Event()
+            fd = os.dup(peer_sock.fileno())
+
+            def peer():
+                with socket.socket(fileno=fd) as s:
+                    s.settimeout(5)
+                    got = b""
+                    while len(got) < 5:
+                        chunk = s.recv(5 - len(got))
+                        if not chunk:
+                            break
+                        got += chunk
+                    if got == b"hello":
+                        received.set()
+
+            t = threading.Thread(target=peer)
+            t.start()
+            results = {}
+
+            def write_then_wait():
+                tr = p.client.transport
+                tr.write(b"hello")
+                results["buffered"] = tr.get_write_buffer_size()
+                # blocks the loop: only the kernel can deliver the bytes
+                results["received"] = received.wait(5)
+
+            loop.call_soon(write_then_wait)
+            await asyncio.sleep(0.01)
+            t.join()
+            assert results == {"buffered": 0, "received": True}
 
     run(main())

@@ -313,3 +313,62 @@ def test_sendfile_peer_closes_midway(loop, run, tmp_path):
                     await asyncio.wait_for(task, 10)
 
     run(main(), timeout=30)
+
+
+@pytest.mark.parametrize("how", ["abort", "peer-reset"])
+def test_large_write_in_flight_does_not_hold_the_connection(loop, run, how):
+    """8 MiB of bytes (zero-copy on TCP) queued to a peer that reads 64 KiB
+    every 10 ms; then abort(), or the peer resets the connection (SO_LINGER
+    0, as a killed process does): connection_lost comes promptly, whatever
+    order the kernel reports the zero-copy sends in, or if it never does."""
+    import struct
+    import threading
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    stop = threading.Event()
+
+    def read_slowly(peer):
+        peer.settimeout(0.5)
+        while not stop.is_set():
+            try:
+                if not peer.recv(65536):
+                    return
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            stop.wait(0.01)
+
+    async def main():
+        lost = loop.create_future()
+
+        class Client(asyncio.Protocol):
+            def connection_lost(self, exc):
+                lost.set_result(exc)
+
+        tr, _ = await loop.create_connection(Client,
+                                             *listener.getsockname())
+        peer, _ = listener.accept()
+        reader = threading.Thread(target=read_slowly, args=(peer,))
+        reader.start()
+        try:
+            tr.write(payload(8 * MiB, seed=9))
+            await asyncio.sleep(0.1)
+            if how == "abort":
+                tr.abort()
+            else:
+                stop.set()
+                reader.join()
+                peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                struct.pack("ii", 1, 0))
+                peer.close()
+            exc = await asyncio.wait_for(lost, 5)
+            assert exc is None or isinstance(exc, ConnectionError)
+        finally:
+            stop.set()
+            reader.join()
+            peer.close()
+
+    with listener:
+        run(main(), timeout=30)
