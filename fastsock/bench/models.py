@@ -6,7 +6,6 @@ plain C server (c-epoll, c-uring) as the limit.  Every server runs in its own
 process, pinned to its own CPU, so the load generator never competes with it.
 """
 import os
-import resource
 import select
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 from fastsock.bench import native
+from fastsock.bench.netcommon import raise_nofile
 
 PY_MODELS = ("epoll", "uring", "asyncio", "uvloop")
 C_MODELS = ("c-epoll", "c-uring")
@@ -72,9 +72,7 @@ def _child_setup(cpu):
     def setup():
         if cpu is not None:
             os.sched_setaffinity(0, {cpu})
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        raise_nofile()
     return setup
 
 

@@ -10,26 +10,24 @@
  * sendfile(2) and then closed (the sendfile workload); otherwise it echoes.
  * Prints "READY <address>" once listening (port 0 is resolved).
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <signal.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include "net_common.c"
+#include "common.h"
 
 #define BUF (64 * 1024)
 #define MAX_READS 16                 /* per wakeup, for fairness */
@@ -197,7 +195,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    fs_raise_nofile();
     if (file) {
         struct stat st;
         file_fd = open(file, O_RDONLY | O_CLOEXEC);
@@ -206,7 +204,13 @@ int main(int argc, char **argv)
         file_size = st.st_size;
     }
     char shown[300];
-    lfd = listen_on(addr, 1, shown, sizeof shown);
+    /* Deep backlog: the load generator opens hundreds of connections at
+     * once and a dropped SYN costs a 1 s retransmit. */
+    lfd = fs_listen_spec(addr, SOCK_NONBLOCK, 4096, shown, sizeof shown);
+    if (lfd < 0) {
+        fprintf(stderr, "echo_epoll: %s: %s\n", addr, strerror(-lfd));
+        return 2;
+    }
     epfd = epoll_create1(EPOLL_CLOEXEC);
     if (epfd < 0)
         die("epoll_create1");

@@ -16,7 +16,9 @@
  * Prints "READY <address>" once listening, or "SKIP <reason>" and exits 3
  * when this kernel or sandbox does not allow what it needs.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <liburing.h>
 #include <netinet/in.h>
@@ -30,7 +32,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "net_common.c"
+#include "common.h"
 
 #define ENTRIES 4096
 #define NBUFS 4096                   /* power of two, as the ring requires */
@@ -262,7 +264,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
-    raise_nofile();
+    fs_raise_nofile();
 
     int rc = setup_ring();
     if (rc < 0)
@@ -291,7 +293,13 @@ int main(int argc, char **argv)
     io_uring_buf_ring_advance(br, NBUFS);
 
     char shown[300];
-    lfd = listen_on(addr, 0, shown, sizeof shown);
+    /* Deep backlog: the load generator opens hundreds of connections at
+     * once and a dropped SYN costs a 1 s retransmit. */
+    lfd = fs_listen_spec(addr, 0, 4096, shown, sizeof shown);
+    if (lfd < 0) {
+        fprintf(stderr, "echo_uring: %s: %s\n", addr, strerror(-lfd));
+        return 2;
+    }
     arm_accept();
     io_uring_submit(&ring);
     printf("READY %s\n", shown);
