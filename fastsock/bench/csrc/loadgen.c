@@ -691,6 +691,10 @@ static uint64_t window_next(void)
 static void print_report(const char *engine)
 {
     double secs = (double)(win.stopped_at - win.started_at) / 1e9;
+    /* A generator kept off its CPU for the whole window (an overloaded
+     * host) opens and closes it in one tick: report zero, not NaN, which
+     * is no JSON. */
+    double per_s = secs > 0 ? 1.0 / secs : 0.0;
     double self_cpu = win.self_cpu1 - win.self_cpu0;
     double srv_cpu = (win.srv_cpu0 >= 0 && win.srv_cpu1 >= 0)
                      ? win.srv_cpu1 - win.srv_cpu0 : -1;
@@ -704,7 +708,7 @@ static void print_report(const char *engine)
            "\"seconds\": %.6f, \"rps\": %.1f, \"mib_s\": %.3f, ",
            names[opt.mode], engine, opt.conns, opt.size, opt.pipeline,
            (unsigned long long)n_req, (unsigned long long)n_bytes, secs,
-           n_req / secs, n_bytes / secs / 1048576.0);
+           n_req * per_s, n_bytes * per_s / 1048576.0);
     if (hn)
         printf("\"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
                "\"mean_us\": %.2f, \"max_us\": %.2f, ",
