@@ -3,30 +3,36 @@
  * limit for the io_uring model.
  *
  *   echo_uring --addr tcp:HOST:PORT|unix:PATH|unix:@NAME
- *              [--recv multishot|bundle|inc|single] [--bufsz N] [--nbufs N]
+ *              [--recv auto|multishot|single]
  *
  * One ring (SINGLE_ISSUER|DEFER_TASKRUN where the kernel has them),
- * multishot accept, and one of these ways to receive:
+ * multishot accept, and per connection one of two ways to receive, chosen by
+ * what it sends (--recv auto, the default; the others force one way for
+ * every connection, to measure them):
  *
- *   multishot  a multishot recv per connection from a provided-buffer ring
- *              shared by all connections, one buffer per completion;
- *   bundle     the same with IORING_RECVSEND_BUNDLE (kernel 6.10+): one
- *              completion may carry several buffers;
- *   inc        the same from a ring of large incrementally consumed buffers
- *              (IOU_PBUF_RING_INC, kernel 6.12+): each completion takes only
- *              the bytes it needs, so small messages pack together and a
- *              large one lands contiguous;
- *   single     a single-shot recv per connection into its own buffer, then
- *              a send of what arrived, then the next recv.
+ *   multishot  a multishot recv from a ring of 16 KiB provided buffers
+ *              shared by all connections: no memory per idle connection, and
+ *              the cheapest per message when messages are small;
+ *   single     a single-shot recv into the connection's own 64 KiB buffer,
+ *              then a send of what arrived linked with the next recv (one
+ *              submission, no completion for a send that succeeds): the
+ *              cheapest for bulk data, whose bytes stay in one buffer that
+ *              is still in the cache when the next message comes.
  *
- * Whatever arrived is sent straight from the buffer it arrived in (no copy),
- * one send in flight per connection: two sends on one stream socket may
- * complete out of order when the first has to wait for space.  What arrives
- * meanwhile queues, and goes out as one SENDMSG when the send in flight is
- * done.  A buffer goes back to the ring as soon as its bytes are sent.
- * A kernel that refuses bundles or incremental buffers gets multishot.
+ * A connection starts with multishot and changes to single when a recv
+ * fills a whole provided buffer; after 8 small recvs in a row it goes back
+ * and frees its buffer.  A kernel without multishot recv (before 6.0) gets
+ * single for every connection.  bench/README.md has the measurements
+ * behind all this, and the candidates that lost (recv bundles,
+ * incrementally consumed buffers, larger provided buffers).
  *
- * Prints "READY <address>[ | why another mode ran]" once listening, or "SKIP <reason>" and exits 3
+ * Bytes go out straight from the buffer they arrived in (no copy), one send
+ * in flight per connection: two sends on one stream socket may complete out
+ * of order when the first has to wait for space.  What arrives meanwhile
+ * queues and goes out as one SENDMSG when the send in flight is done.  A
+ * provided buffer goes back to the ring as soon as its bytes are sent.
+ *
+ * Prints "READY <address>" once listening, or "SKIP <reason>" and exits 3
  * when this kernel or sandbox does not allow what it needs.
  */
 #ifndef _GNU_SOURCE
@@ -45,21 +51,24 @@
 
 #include "common.h"
 
-/* Kernel uapi values liburing 2.3 does not name. */
-#define RECVSEND_BUNDLE (1u << 4)            /* sqe->ioprio, 6.10+ */
-#define FEAT_RECVSEND_BUNDLE (1u << 14)
-#define CQE_F_BUF_MORE (1u << 4)             /* IOU_PBUF_RING_INC */
-
 #define ENTRIES 4096
 #define BGID 0
-#define IOV_MAX_SEND 64                      /* pieces gathered per SENDMSG */
+#define NBUFS 4096                   /* provided buffers, a power of two */
+#define BUFSZ 16384
+#define OWNSZ 65536                  /* a single-mode connection's buffer */
+#define SMALL (BUFSZ / 4)            /* a recv this short counts as small */
+#define SMALL_RUN 8                  /* small recvs in a row: back to multishot */
+#define IOV_MAX_SEND 64              /* pieces gathered per SENDMSG */
+#define TARGET_MIN 4
 
-enum { OP_ACCEPT = 1, OP_RECV = 2, OP_SEND = 3 };
-enum rmode { R_MULTISHOT, R_BUNDLE, R_INC, R_SINGLE };
-static const char *rmode_names[] = {"multishot", "bundle", "inc", "single"};
+/* user_data: a connection pointer (calloc'ed, so 16-byte aligned) | op.
+ * Completions tagged 0 need no handling. */
+enum { OP_NONE, OP_ACCEPT, OP_RECV_MULTI, OP_RECV_ONE, OP_SEND, OP_SEND_LINKED };
+enum policy { P_AUTO, P_MULTISHOT, P_SINGLE };
+static const char *policy_names[] = {"auto", "multishot", "single"};
 
-/* Bytes waiting to be sent: a span of a provided buffer (bid >= 0) or of
- * the connection's own buffer (bid -1).  Linked by index in one pool. */
+/* Bytes waiting to be sent: part of a provided buffer (bid >= 0) or of the
+ * connection's own buffer (bid -1).  Linked by index in one pool. */
 struct piece {
     unsigned char *p;
     unsigned len;
@@ -69,50 +78,45 @@ struct piece {
 
 struct conn {
     int fd;
-    int ops;                         /* SQEs in flight that point at c */
-    unsigned char closing, recv_armed, waiting_bufs;
+    int ops;                         /* completions still due that point at c */
+    unsigned char single;            /* receives into own[] */
+    unsigned char closing, waiting_bufs;
+    unsigned char eof;               /* the peer is done sending: close once
+                                        everything it sent is echoed */
+    unsigned char to_single;         /* multishot cancelled, single next */
+    unsigned char to_multi;          /* back to multishot once own[] is sent */
+    unsigned char linked;            /* the send in flight is echo_linked's */
+    unsigned char small_run;
     int qhead, qtail;                /* pieces queued to send, in order */
     unsigned sending;                /* bytes of the send in flight, 0: none */
-    unsigned char *own;              /* single: the connection's buffer */
+    unsigned char *own;
     struct msghdr *msg;              /* gathered sends, made on first use */
     struct conn *next_waiting;
 };
 
 static struct io_uring ring;
-static int lfd, lis_tcp, can_skip_cqe;
-static enum rmode mode = R_MULTISHOT;
-static unsigned bufsz, nbufs;
+static int lfd;
+static enum policy policy = P_AUTO;
 
-/* The provided-buffer ring (not used by single). */
 static struct io_uring_buf_ring *br;
 static unsigned char *bufs;
-static unsigned *refs;               /* per buffer: pieces not yet sent */
-static unsigned *koff;               /* inc: where the kernel fills next */
-static unsigned char *kdone;         /* inc: the kernel has moved past it */
-static unsigned *slot_of;            /* bundle: ring slot a buffer was put in */
-static unsigned *bid_at;             /* bundle: buffer put in each slot */
-static struct conn *waiting;         /* recvs stopped by ENOBUFS */
+static struct conn *waiting;         /* multishot recvs stopped by ENOBUFS */
 
 /*
  * How many free buffers sit in the ring.  The kernel takes buffers in ring
  * order, so a ring holding every free buffer cycles through the whole pool
- * and each recv lands in memory that left the cache long ago: measured at
- * 64 KiB (1 connection, Unix), copying into the buffer took twice as long
- * with 4096 x 16 KiB in the ring as with 2 x 64 KiB, 8 us of 39 per
- * request; at 64 B, the one cache and TLB miss per recv tripled its copy.
- * So the ring holds only `target` buffers, topped up before each submit from
- * a stack of returned ones, most recent first; `target` doubles whenever a
+ * and each recv lands in memory that left the cache long ago: at 64 B x 50
+ * connections the copy into the buffer took three times as long.  So the
+ * ring holds only `target` buffers, topped up before each submit from a
+ * stack of returned ones, most recent first; `target` doubles whenever a
  * recv finds the ring empty and halves when half of it went unused for a
  * while.
  */
-static unsigned *spare, nspare;      /* returned buffers, hottest on top */
+static unsigned spare[NBUFS], nspare;
 static unsigned level;               /* buffers in the ring */
-static unsigned target, fixed_target;
+static unsigned target = TARGET_MIN * 4;
 static unsigned low_water = ~0u, refills;
 static int starved;                  /* a recv found the ring empty */
-#define TARGET_MIN 4
-
-static const char *fallback = "";    /* why mode is not what was asked */
 
 static struct piece *pieces;
 static int npieces, pfree = -1;
@@ -141,23 +145,36 @@ static uint64_t tag(struct conn *c, int op)
 
 /* ---- buffers and pieces -------------------------------------------------- */
 
-static void buf_return(unsigned bid)
+/* Before each submit: size the ring for what the last batches needed and
+ * top it up from the spare stack, hottest first. */
+static void refill(void)
 {
-    spare[nspare++] = bid;
-}
-
-static void buf_unref(int bid)
-{
-    if (bid < 0 || --refs[bid])
-        return;
-    if (mode == R_INC) {
-        /* The kernel may still be filling the rest of it. */
-        if (!kdone[bid])
-            return;
-        kdone[bid] = 0;
-        koff[bid] = 0;
+    if (starved) {
+        target = target * 2 < NBUFS ? target * 2 : NBUFS;
+        starved = 0;
+        low_water = ~0u;
+        refills = 0;
+    } else {
+        if (level < low_water)
+            low_water = level;
+        if (++refills == 256) {
+            if (low_water > target / 2 && target / 2 >= TARGET_MIN)
+                target /= 2;
+            low_water = ~0u;
+            refills = 0;
+        }
     }
-    buf_return((unsigned)bid);
+    unsigned n = 0;
+    while (level + n < target && nspare) {
+        unsigned bid = spare[--nspare];
+        io_uring_buf_ring_add(br, bufs + (size_t)bid * BUFSZ, BUFSZ, bid,
+                              io_uring_buf_ring_mask(NBUFS), (int)n);
+        n++;
+    }
+    if (n) {
+        io_uring_buf_ring_advance(br, (int)n);
+        level += n;
+    }
 }
 
 static int piece_new(void)
@@ -178,36 +195,25 @@ static int piece_new(void)
     return i;
 }
 
+/* The first queued piece is sent: its buffer is free again. */
 static void piece_pop(struct conn *c)
 {
     int i = c->qhead;
     c->qhead = pieces[i].next;
     if (c->qhead < 0)
         c->qtail = -1;
-    buf_unref(pieces[i].bid);
+    if (pieces[i].bid >= 0)
+        spare[nspare++] = (unsigned)pieces[i].bid;
     pieces[i].next = pfree;
     pfree = i;
 }
 
-/* n bytes at p arrived for c: queue them behind what is queued. */
-static void take(struct conn *c, unsigned char *p, unsigned n, int bid)
+static void enqueue(struct conn *c, unsigned char *p, unsigned n, int bid)
 {
-    if (bid >= 0)
-        refs[bid]++;
-    if (c->closing) {
-        buf_unref(bid);
-        return;
-    }
-    int t = c->qtail;
-    if (t >= 0 && pieces[t].bid == bid && pieces[t].p + pieces[t].len == p) {
-        pieces[t].len += n;          /* inc: right after the last piece */
-        buf_unref(bid);
-        return;
-    }
     int i = piece_new();
     pieces[i] = (struct piece){p, n, bid, -1};
-    if (t >= 0)
-        pieces[t].next = i;
+    if (c->qtail >= 0)
+        pieces[c->qtail].next = i;
     else
         c->qhead = i;
     c->qtail = i;
@@ -225,17 +231,15 @@ static void arm_accept(void)
 static void arm_recv(struct conn *c)
 {
     struct io_uring_sqe *sqe = sqe_get();
-    if (mode == R_SINGLE) {
-        io_uring_prep_recv(sqe, c->fd, c->own, bufsz, 0);
+    if (c->single) {
+        io_uring_prep_recv(sqe, c->fd, c->own, OWNSZ, 0);
+        io_uring_sqe_set_data64(sqe, tag(c, OP_RECV_ONE));
     } else {
         io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
         sqe->flags |= IOSQE_BUFFER_SELECT;
         sqe->buf_group = BGID;
-        if (mode == R_BUNDLE)
-            sqe->ioprio |= RECVSEND_BUNDLE;
+        io_uring_sqe_set_data64(sqe, tag(c, OP_RECV_MULTI));
     }
-    io_uring_sqe_set_data64(sqe, tag(c, OP_RECV));
-    c->recv_armed = 1;
     c->ops++;
 }
 
@@ -274,28 +278,26 @@ static void send_queued(struct conn *c)
     c->ops++;
 }
 
-/* single: the reply to what the last recv brought, and the next recv,
- * linked so both go in with one submission and the recv cannot overwrite
- * the buffer before the send is done with it.  A send that succeeds posts
- * no completion where the kernel allows; one that fails ends the link (the
- * recv completes with -ECANCELED). */
-static void single_echo(struct conn *c, unsigned n)
+/* single, nothing queued: the reply and the next recv in one submission,
+ * linked so the recv cannot overwrite own[] before the send is done with
+ * it.  The send posts no completion when it succeeds.  When it fails (or
+ * is short, which MSG_WAITALL makes a failure) the kernel cancels the recv
+ * and, since the send asked to skip its success, posts no completion for
+ * the recv either: the send's completion then stands for both. */
+static void echo_linked(struct conn *c, unsigned n)
 {
     struct io_uring_sqe *sqe = sqe_get();
     io_uring_prep_send(sqe, c->fd, c->own, n, MSG_NOSIGNAL | MSG_WAITALL);
-    io_uring_sqe_set_data64(sqe, tag(c, OP_SEND));
-    sqe->flags |= IOSQE_IO_LINK;
-    if (can_skip_cqe)
-        sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
-    else
-        c->ops++;
-    c->sending = n;
+    io_uring_sqe_set_data64(sqe, tag(c, OP_SEND_LINKED));
+    sqe->flags |= IOSQE_IO_LINK | IOSQE_CQE_SKIP_SUCCESS;
+    c->sending = n;                  /* until the linked recv completes */
+    c->linked = 1;
     arm_recv(c);
 }
 
 /* ---- connection lifecycle ------------------------------------------------- */
 
-/* Frees c once no SQE points at it any more. */
+/* Frees c once no completion that points at it is due any more. */
 static void maybe_free(struct conn *c)
 {
     if (!c->closing || c->ops || c->waiting_bufs)
@@ -312,13 +314,21 @@ static void start_close(struct conn *c)
 {
     if (!c->closing) {
         c->closing = 1;
-        /* Ends an armed multishot recv (its last completion says 0) and a
-         * send stuck waiting for space; close() alone would not, since the
-         * ring holds its own reference to the socket. */
+        /* Ends an armed recv (its last completion says 0) and a send stuck
+         * waiting for space; close() alone would not, since the ring holds
+         * its own reference to the socket. */
         if (c->ops)
             shutdown(c->fd, SHUT_RDWR);
     }
     maybe_free(c);
+}
+
+/* The peer half-closed: echo what is still queued, then close. */
+static void end_of_input(struct conn *c)
+{
+    c->eof = 1;
+    if (c->qhead < 0 && !c->sending)
+        start_close(c);
 }
 
 static void rearm_waiting(void)
@@ -334,44 +344,16 @@ static void rearm_waiting(void)
     }
 }
 
-/* Before each submit: size the ring for what the last batches needed and
- * top it up from the spare stack, hottest first. */
-static void refill(void)
+static void become_single(struct conn *c)
 {
-    if (fixed_target) {
-        target = fixed_target;
-    } else if (starved) {
-        target = target * 2 < nbufs ? target * 2 : nbufs;
-        starved = 0;
-        low_water = ~0u;
-        refills = 0;
-    } else {
-        if (level < low_water)
-            low_water = level;
-        if (++refills == 256) {
-            if (low_water > target / 2 && target / 2 >= TARGET_MIN)
-                target /= 2;
-            low_water = ~0u;
-            refills = 0;
-        }
+    c->to_single = 0;
+    c->small_run = 0;
+    if (!c->own && !(c->own = malloc(OWNSZ))) {
+        arm_recv(c);                 /* no memory: stay with multishot */
+        return;
     }
-    unsigned n = 0;
-    while (level + n < target && nspare) {
-        unsigned bid = spare[--nspare], slot = br->tail + n;
-        io_uring_buf_ring_add(br, bufs + (size_t)bid * bufsz, bufsz, bid,
-                              io_uring_buf_ring_mask(nbufs), (int)n);
-        if (bid_at) {
-            slot_of[bid] = slot;
-            bid_at[slot & (nbufs - 1)] = bid;
-        }
-        n++;
-    }
-    if (n) {
-        io_uring_buf_ring_advance(br, (int)n);
-        level += n;
-    }
-    if (waiting && level)
-        rearm_waiting();
+    c->single = 1;
+    arm_recv(c);
 }
 
 /* ---- completions ----------------------------------------------------------- */
@@ -379,111 +361,120 @@ static void refill(void)
 static void on_accept(int res, unsigned flags)
 {
     if (res >= 0) {
-        if (lis_tcp) {
-            int one = 1;
-            setsockopt(res, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        }
         struct conn *c = calloc(1, sizeof *c);
         if (!c) {
             close(res);
         } else {
             c->fd = res;
             c->qhead = c->qtail = -1;
-            if (mode == R_SINGLE && !(c->own = malloc(bufsz))) {
-                close(res);
-                free(c);
-            } else {
+            if (policy == P_SINGLE)
+                become_single(c);
+            else
                 arm_recv(c);
-            }
         }
     }
     if (!(flags & IORING_CQE_F_MORE))
         arm_accept();                /* multishot ended (error or full CQ) */
 }
 
-/* A completion of a recv from the buffer ring: hand its bytes on. */
-static void take_provided(struct conn *c, int res, unsigned flags)
+static void on_recv_multi(struct conn *c, int res, unsigned flags)
 {
-    unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
-    if (mode == R_INC) {
-        unsigned off = koff[bid];
-        koff[bid] += (unsigned)res;
-        if (!(flags & CQE_F_BUF_MORE)) {
-            kdone[bid] = 1;
-            level--;
-        }
-        take(c, bufs + (size_t)bid * bufsz + off, (unsigned)res, (int)bid);
-    } else if (mode == R_BUNDLE) {
-        /* The buffers follow each other in the ring from the first one. */
-        unsigned slot = slot_of[bid], left = (unsigned)res;
-        while (left) {
-            unsigned b = bid_at[slot++ & (nbufs - 1)];
-            unsigned n = left < bufsz ? left : bufsz;
-            take(c, bufs + (size_t)b * bufsz, n, (int)b);
-            left -= n;
-            level--;
-        }
-    } else {
-        take(c, bufs + (size_t)bid * bufsz, (unsigned)res, (int)bid);
-        level--;
-    }
-}
-
-static void on_recv(struct conn *c, int res, unsigned flags)
-{
-    if (mode == R_SINGLE) {
-        c->ops--;
-        c->recv_armed = 0;
-        if (res > 0 && !c->closing)
-            single_echo(c, (unsigned)res);
-        else
-            start_close(c);          /* EOF, error, or the send failed */
-        return;
-    }
     if (res > 0) {
-        take_provided(c, res, flags);
-        send_queued(c);
+        unsigned bid = flags >> IORING_CQE_BUFFER_SHIFT;
+        level--;
+        if (c->closing) {
+            spare[nspare++] = bid;
+        } else {
+            enqueue(c, bufs + (size_t)bid * BUFSZ, (unsigned)res, (int)bid);
+            send_queued(c);
+            if (res == BUFSZ && policy == P_AUTO && !c->to_single &&
+                (flags & IORING_CQE_F_MORE)) {
+                /* Bulk data: stop the multishot and receive into own[]. */
+                struct io_uring_sqe *sqe = sqe_get();
+                io_uring_prep_cancel64(sqe, tag(c, OP_RECV_MULTI), 0);
+                io_uring_sqe_set_data64(sqe, tag(NULL, OP_NONE));
+                c->to_single = 1;
+            }
+        }
     }
     if (flags & IORING_CQE_F_MORE)
         return;
     c->ops--;
-    c->recv_armed = 0;
+    if (res == -EINVAL && policy != P_SINGLE) {
+        /* A kernel without multishot recv (before 6.0): every connection
+         * receives into its own buffer from now on. */
+        policy = P_SINGLE;
+        if (!c->closing) {
+            become_single(c);
+            return;
+        }
+    }
     if (c->closing) {
         maybe_free(c);
+    } else if (res == 0) {
+        end_of_input(c);
+    } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED) {
+        start_close(c);
+    } else if (c->to_single || (res == BUFSZ && policy == P_AUTO)) {
+        become_single(c);
     } else if (res == -ENOBUFS) {
-        /* Every buffer is queued for sending somewhere; resume when one
-         * comes back.  The bytes wait in the socket meanwhile. */
+        /* Every buffer is queued for sending somewhere; resume when the
+         * ring has some again.  The bytes wait in the socket meanwhile. */
         c->waiting_bufs = 1;
         c->next_waiting = waiting;
         waiting = c;
         starved = 1;
-    } else if (res > 0) {
-        arm_recv(c);                 /* multishot stopped, e.g. CQ full */
     } else {
-        start_close(c);              /* EOF or error */
+        arm_recv(c);                 /* multishot stopped, e.g. CQ full */
     }
+}
+
+static void on_recv_one(struct conn *c, int res)
+{
+    c->ops--;
+    if (c->linked) {                 /* the send linked before it is done */
+        c->linked = 0;
+        c->sending = 0;
+    }
+    if (res == 0 && !c->closing) {
+        end_of_input(c);
+        return;
+    }
+    if (res < 0 || c->closing) {
+        start_close(c);
+        return;
+    }
+    c->small_run = res < SMALL ? c->small_run + 1 : 0;
+    if (c->small_run >= SMALL_RUN && policy == P_AUTO)
+        c->to_multi = 1;
+    if (c->qhead < 0 && !c->sending && !c->to_multi) {
+        echo_linked(c, (unsigned)res);
+        return;
+    }
+    /* Behind other bytes (or on the way back to multishot): queue it; the
+     * next recv goes in once own[] is sent. */
+    enqueue(c, c->own, (unsigned)res, -1);
+    send_queued(c);
+}
+
+/* Only a linked send that failed completes: its recv is gone too. */
+static void on_send_linked(struct conn *c)
+{
+    c->linked = 0;
+    c->sending = 0;
+    c->ops--;
+    start_close(c);
 }
 
 static void on_send(struct conn *c, int res)
 {
-    if (mode == R_SINGLE) {
-        /* Only a failed send posts a completion (or every send, where the
-         * kernel cannot skip them); the linked recv reports the rest. */
-        if (!can_skip_cqe)
-            c->ops--;
-        c->sending = 0;
-        if (res < 0)
-            start_close(c);
-        else
-            maybe_free(c);
-        return;
-    }
     c->ops--;
     c->sending = 0;
     if (res < 0) {
         start_close(c);
         return;
     }
+    int own_sent = 0;
     unsigned done = (unsigned)res;
     while (done && c->qhead >= 0) {
         struct piece *pc = &pieces[c->qhead];
@@ -493,100 +484,70 @@ static void on_send(struct conn *c, int res)
             break;
         }
         done -= pc->len;
+        own_sent |= pc->bid < 0;
         piece_pop(c);
     }
-    if (c->closing)
+    if (c->closing) {
         maybe_free(c);
-    else
-        send_queued(c);
+        return;
+    }
+    send_queued(c);
+    if (c->eof) {
+        if (c->qhead < 0 && !c->sending)
+            start_close(c);
+    } else if (own_sent) {
+        if (c->to_multi) {
+            c->to_multi = 0;
+            c->single = 0;
+            free(c->own);
+            c->own = NULL;
+        }
+        arm_recv(c);
+    }
 }
 
 /* ---- setup ------------------------------------------------------------------ */
 
-static unsigned pow2_at_least(unsigned v)
+static void setup_buffers(void)
 {
-    unsigned p = 1;
-    while (p < v)
-        p <<= 1;
-    return p;
-}
-
-/* The provided-buffer ring for mode, or a fallback mode when the kernel
- * refuses it. */
-static void setup_buffers(unsigned features)
-{
-    if (mode == R_SINGLE)
-        return;
-    if (mode == R_BUNDLE && !(features & FEAT_RECVSEND_BUNDLE)) {
-        fallback = "no recv bundles (kernel 6.10+): multishot recv";
-        mode = R_MULTISHOT;
-    }
     int err;
-    br = fs_setup_buf_ring(&ring, nbufs, BGID, mode == R_INC ? FS_PBUF_RING_INC : 0, &err);
-    if (!br && mode == R_INC && err == -EINVAL) {
-        fallback = "no incremental buffers (kernel 6.12+): multishot recv";
-        mode = R_MULTISHOT;
-        br = fs_setup_buf_ring(&ring, nbufs, BGID, 0, &err);
-    }
+    br = fs_setup_buf_ring(&ring, NBUFS, BGID, 0, &err);
     if (!br)
         skip("io_uring_register_buf_ring (kernel 5.19+)", -err);
-    bufs = malloc((size_t)nbufs * bufsz);
-    refs = calloc(nbufs, sizeof *refs);
-    koff = calloc(nbufs, sizeof *koff);
-    kdone = calloc(nbufs, 1);
-    spare = calloc(nbufs, sizeof *spare);
-    if (mode == R_BUNDLE) {
-        slot_of = calloc(nbufs, sizeof *slot_of);
-        bid_at = calloc(nbufs, sizeof *bid_at);
-    }
-    if (!bufs || !refs || !koff || !kdone || !spare || (mode == R_BUNDLE && (!slot_of || !bid_at)))
+    bufs = malloc((size_t)NBUFS * BUFSZ);
+    if (!bufs)
         skip("malloc", ENOMEM);
     /* Touch the pool now: a long-running server has, and otherwise the idle
      * memory workload would charge first-touch pages to new connections. */
-    memset(bufs, 0xa5, (size_t)nbufs * bufsz);   /* not 0: gcc turns that into calloc */
-    for (unsigned i = nbufs; i-- > 0;)
-        buf_return(i);
-    target = TARGET_MIN * 4;
+    memset(bufs, 0xa5, (size_t)NBUFS * BUFSZ);   /* not 0: gcc turns that into calloc */
+    for (unsigned i = NBUFS; i-- > 0;)
+        spare[nspare++] = i;
     refill();
 }
 
 int main(int argc, char **argv)
 {
-    const char *addr = NULL, *recv = "multishot";
-    bufsz = 0;
-    nbufs = 0;
+    const char *addr = NULL, *recv = "auto";
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--addr"))
             addr = argv[i + 1];
         else if (!strcmp(argv[i], "--recv"))
             recv = argv[i + 1];
-        else if (!strcmp(argv[i], "--bufsz"))
-            bufsz = (unsigned)strtoul(argv[i + 1], NULL, 0);
-        else if (!strcmp(argv[i], "--nbufs"))
-            nbufs = (unsigned)strtoul(argv[i + 1], NULL, 0);
-        else if (!strcmp(argv[i], "--target"))
-            fixed_target = (unsigned)strtoul(argv[i + 1], NULL, 0);
         else if (!strcmp(argv[i], "--file")) {
             printf("SKIP the C io_uring server has no sendfile mode\n");
             return 3;
         }
     }
     int known = 0;
-    for (int m = 0; m < 4; m++)
-        if (!strcmp(recv, rmode_names[m])) {
-            mode = (enum rmode)m;
+    for (int m = 0; m < 3; m++)
+        if (!strcmp(recv, policy_names[m])) {
+            policy = (enum policy)m;
             known = 1;
         }
     if (!addr || !known) {
-        fprintf(stderr, "usage: echo_uring --addr ADDR "
-                "[--recv multishot|bundle|inc|single] [--bufsz N] [--nbufs N]\n");
+        fprintf(stderr, "usage: echo_uring --addr ADDR [--recv auto|multishot|single]\n");
         return 2;
     }
-    if (!bufsz)
-        bufsz = mode == R_INC ? 1 << 20 : mode == R_SINGLE ? 65536 : 16384;
-    if (!nbufs)
-        nbufs = mode == R_INC ? 64 : 4096;
-    nbufs = pow2_at_least(nbufs);
     signal(SIGPIPE, SIG_IGN);
     fs_raise_nofile();
 
@@ -594,8 +555,9 @@ int main(int argc, char **argv)
     int rc = fs_uring_init(ENTRIES, &ring, &p, NULL, 0);
     if (rc < 0)
         skip("io_uring_queue_init", -rc);
-    can_skip_cqe = !!(p.features & IORING_FEAT_CQE_SKIP);
-    setup_buffers(p.features);
+    if (!(p.features & IORING_FEAT_CQE_SKIP))
+        skip("io_uring without IOSQE_CQE_SKIP_SUCCESS (kernel 5.17+)", ENOSYS);
+    setup_buffers();
 
     char shown[300];
     /* Deep backlog: the load generator opens hundreds of connections at
@@ -605,15 +567,21 @@ int main(int argc, char **argv)
         fprintf(stderr, "echo_uring: %s: %s\n", addr, strerror(-lfd));
         return 2;
     }
-    lis_tcp = !strncmp(shown, "tcp:", 4);
+    if (!strncmp(shown, "tcp:", 4)) {
+        /* Accepted sockets inherit TCP_NODELAY from the listener: one
+         * setsockopt here instead of one per connection. */
+        int one = 1;
+        setsockopt(lfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
     arm_accept();
     io_uring_submit(&ring);
-    printf("READY %s%s%s\n", shown, *fallback ? " | " : "", fallback);
+    printf("READY %s\n", shown);
     fflush(stdout);
 
     for (;;) {
-        if (br)
-            refill();
+        refill();
+        if (waiting && level)
+            rearm_waiting();
         rc = io_uring_submit_and_wait(&ring, 1);
         if (rc < 0 && rc != -EINTR && rc != -EBUSY) {
             fprintf(stderr, "echo_uring: submit_and_wait: %s\n", strerror(-rc));
@@ -626,10 +594,12 @@ int main(int argc, char **argv)
             uint64_t ud = cqe->user_data;
             struct conn *c = (struct conn *)(uintptr_t)(ud & ~(uint64_t)7);
             switch (ud & 7) {
-            case OP_ACCEPT: on_accept(cqe->res, cqe->flags); break;
-            case OP_RECV:   on_recv(c, cqe->res, cqe->flags); break;
-            case OP_SEND:   on_send(c, cqe->res); break;
-            default:        break;
+            case OP_ACCEPT:     on_accept(cqe->res, cqe->flags); break;
+            case OP_RECV_MULTI: on_recv_multi(c, cqe->res, cqe->flags); break;
+            case OP_RECV_ONE:   on_recv_one(c, cqe->res); break;
+            case OP_SEND:       on_send(c, cqe->res); break;
+            case OP_SEND_LINKED: on_send_linked(c); break;
+            default:            break;
             }
         }
         io_uring_cq_advance(&ring, seen);
