@@ -17,8 +17,18 @@ from fastsock.bench import native
 from fastsock.bench.netcommon import raise_nofile
 
 PY_MODELS = ("epoll", "uring", "asyncio", "uvloop")
-C_MODELS = ("c-epoll", "c-uring")
-ALL_MODELS = PY_MODELS + C_MODELS
+# C server -> (program, arguments).  The c-uring-* variants force one of
+# echo_uring's receive strategies, to measure it against the default that
+# picks per connection; they run only when named in --models.
+C_SERVERS = {
+    "c-epoll": ("echo_epoll", []),
+    "c-uring": ("echo_uring", []),
+    "c-uring-single": ("echo_uring", ["--recv", "single"]),
+    "c-uring-multishot": ("echo_uring", ["--recv", "multishot"]),
+}
+C_MODELS = tuple(C_SERVERS)
+ALL_MODELS = PY_MODELS + ("c-epoll", "c-uring")      # the default run
+KNOWN_MODELS = PY_MODELS + C_MODELS
 SERVER_PY = Path(__file__).resolve().parent / "server.py"
 # The directory holding the fastsock package, for the server's sys.path.
 PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
@@ -49,11 +59,11 @@ def precheck(model):
             return f"backend {model!r} unavailable: {info.reason}"
     elif model in C_MODELS:
         try:
-            native.build("echo_uring" if model == "c-uring" else "echo_epoll")
+            native.build(C_SERVERS[model][0])
         except native.NativeUnavailable as exc:
             return str(exc)
-    elif model not in ALL_MODELS:
-        return f"unknown model (known: {', '.join(ALL_MODELS)})"
+    elif model not in KNOWN_MODELS:
+        return f"unknown model (known: {', '.join(KNOWN_MODELS)})"
     return None
 
 
@@ -93,8 +103,8 @@ class Server:
     def _command(self, addr):
         extra = ["--file", str(self.file)] if self.file else []
         if self.model in C_MODELS:
-            prog = native.build("echo_uring" if self.model == "c-uring" else "echo_epoll")
-            return [str(prog), "--addr", addr, *extra]
+            prog, args = C_SERVERS[self.model]
+            return [str(native.build(prog)), "--addr", addr, *args, *extra]
         return [sys.executable, str(SERVER_PY), self.model, "--addr", addr, *extra]
 
     def start(self, timeout=15.0):
