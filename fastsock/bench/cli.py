@@ -19,8 +19,8 @@ QUICK = dict(transport="unix", conns="50", sizes="64", duration=0.3, warmup=0.1,
 
 
 def add_arguments(p):
-    p.add_argument("--models", help=f"comma list of {','.join(M.ALL_MODELS)} "
-                   "(default: all)")
+    p.add_argument("--models", help=f"comma list of {','.join(M.KNOWN_MODELS)} "
+                   f"(default: {','.join(M.ALL_MODELS)})")
     p.add_argument("--transport", help="comma list of tcp, unix, udp "
                    f"(default {DEFAULTS['transport']})")
     p.add_argument("--conns", help=f"connection counts (default {DEFAULTS['conns']})")
@@ -66,10 +66,10 @@ def resolve(args):
         if v is not None:
             opts[k] = v
     models = [m.strip() for m in opts["models"].split(",") if m.strip()]
-    unknown = [m for m in models if m not in M.ALL_MODELS]
+    unknown = [m for m in models if m not in M.KNOWN_MODELS]
     if unknown:
         raise SystemExit(f"fastsock bench: unknown model(s) {', '.join(unknown)}; "
-                         f"known: {', '.join(M.ALL_MODELS)}")
+                         f"known: {', '.join(M.KNOWN_MODELS)}")
     transports = [t.strip() for t in opts["transport"].split(",") if t.strip()]
     if not transports or any(t not in ("tcp", "unix", "udp") for t in transports):
         raise SystemExit("fastsock bench: --transport is a comma list of "

@@ -6,7 +6,6 @@ plain C server (c-epoll, c-uring) as the limit.  Every server runs in its own
 process, pinned to its own CPU, so the load generator never competes with it.
 """
 import os
-import resource
 import select
 import subprocess
 import sys
@@ -15,10 +14,21 @@ import time
 from pathlib import Path
 
 from fastsock.bench import native
+from fastsock.bench.netcommon import raise_nofile
 
 PY_MODELS = ("epoll", "uring", "asyncio", "uvloop")
-C_MODELS = ("c-epoll", "c-uring")
-ALL_MODELS = PY_MODELS + C_MODELS
+# C server -> (program, arguments).  The c-uring-* variants force one of
+# echo_uring's receive strategies, to measure it against the default that
+# picks per connection; they run only when named in --models.
+C_SERVERS = {
+    "c-epoll": ("echo_epoll", []),
+    "c-uring": ("echo_uring", []),
+    "c-uring-single": ("echo_uring", ["--recv", "single"]),
+    "c-uring-multishot": ("echo_uring", ["--recv", "multishot"]),
+}
+C_MODELS = tuple(C_SERVERS)
+ALL_MODELS = PY_MODELS + ("c-epoll", "c-uring")      # the default run
+KNOWN_MODELS = PY_MODELS + C_MODELS
 SERVER_PY = Path(__file__).resolve().parent / "server.py"
 # The directory holding the fastsock package, for the server's sys.path.
 PKG_PARENT = str(Path(__file__).resolve().parent.parent.parent)
@@ -49,11 +59,11 @@ def precheck(model):
             return f"backend {model!r} unavailable: {info.reason}"
     elif model in C_MODELS:
         try:
-            native.build("echo_uring" if model == "c-uring" else "echo_epoll")
+            native.build(C_SERVERS[model][0])
         except native.NativeUnavailable as exc:
             return str(exc)
-    elif model not in ALL_MODELS:
-        return f"unknown model (known: {', '.join(ALL_MODELS)})"
+    elif model not in KNOWN_MODELS:
+        return f"unknown model (known: {', '.join(KNOWN_MODELS)})"
     return None
 
 
@@ -74,9 +84,7 @@ def _child_setup(cpu):
         if cpu is not None:
             os.sched_setaffinity(0, cpu if isinstance(cpu, (set, frozenset))
                                  else {cpu})
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        if soft < hard:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        raise_nofile()
     return setup
 
 
@@ -97,8 +105,8 @@ class Server:
     def _command(self, addr):
         extra = ["--file", str(self.file)] if self.file else []
         if self.model in C_MODELS:
-            prog = native.build("echo_uring" if self.model == "c-uring" else "echo_epoll")
-            return [str(prog), "--addr", addr, *extra]
+            prog, args = C_SERVERS[self.model]
+            return [str(native.build(prog)), "--addr", addr, *args, *extra]
         return [sys.executable, str(SERVER_PY), self.model, "--addr", addr, *extra]
 
     def start(self, timeout=15.0):

@@ -16,15 +16,19 @@ from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 
-# program -> (sources hashed; first one is compiled, the rest are #included),
-#            liburing: True = required, False = not used, OPTIONAL = linked
-#            with -DHAVE_LIBURING when found, built without it otherwise
+# program -> (its source, liburing: True = required, False = not used,
+#             OPTIONAL = linked with -DHAVE_LIBURING when found, built
+#             without it otherwise).  Every program is linked with common.c.
 OPTIONAL = "optional"
 PROGRAMS = {
-    "loadgen": (["loadgen.c"], OPTIONAL),
-    "echo_epoll": (["echo_epoll.c", "net_common.c"], False),
-    "echo_uring": (["echo_uring.c", "net_common.c"], True),
+    "loadgen": ("loadgen.c", OPTIONAL),
+    "echo_epoll": ("echo_epoll.c", False),
+    "echo_uring": ("echo_uring.c", True),
 }
+# Shared by every program: compiled as its own translation unit and linked
+# in; hashed into every program's name, so a change rebuilds them all.
+COMMON_SOURCES = ["common.c"]
+COMMON_HEADERS = ["common.h"]
 
 CFLAGS = ["-O2", "-g0", "-std=gnu11", "-Wall", "-D_GNU_SOURCE"]
 
@@ -93,7 +97,8 @@ def compiler_version():
 
 def build(name):
     """Path of the compiled program `name`, building it if needed."""
-    sources, needs_uring = PROGRAMS[name]
+    main, needs_uring = PROGRAMS[name]
+    sources = [main, *COMMON_SOURCES]
     cc = find_compiler()
     if cc is None:
         raise NativeUnavailable("no C compiler found (cc, gcc or clang); "
@@ -103,24 +108,25 @@ def build(name):
         # loadgen's io_uring engine; its epoll engine needs nothing.
         try:
             extra_cflags, libs = liburing_flags()
-            extra_cflags = [*extra_cflags, "-DHAVE_LIBURING"]
         except NativeUnavailable:
             pass
     elif needs_uring:
         extra_cflags, libs = liburing_flags()
+    if libs:
+        extra_cflags = [*extra_cflags, "-DHAVE_LIBURING"]
     flags = CFLAGS + extra_cflags
     h = hashlib.sha256()
     for part in [*cc, *flags, *libs, platform.machine()]:
         h.update(part.encode() + b"\0")
-    for src in sources:
-        h.update((CSRC / src).read_bytes())
+    for src in [*sources, *COMMON_HEADERS]:
+        h.update(src.encode() + b"\0" + (CSRC / src).read_bytes())
     out = cache_dir() / f"{name}-{h.hexdigest()[:16]}"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=out.parent)
     os.close(fd)
-    cmd = [*cc, *flags, "-o", tmp, str(CSRC / sources[0]), *libs]
+    cmd = [*cc, *flags, "-o", tmp, *(str(CSRC / s) for s in sources), *libs]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:

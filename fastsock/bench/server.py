@@ -16,9 +16,10 @@ Prints one line on stdout: "READY <address>[ | note]" once listening, or
 """
 import argparse
 import asyncio
-import os
-import resource
 import sys
+
+# A sibling module, not fastsock.bench.netcommon: see the docstring above.
+from netcommon import format_addr, parse_addr, raise_nofile
 
 CHUNK = 256 * 1024
 
@@ -143,30 +144,19 @@ def make_loop(model):
 
 
 async def serve(loop, addr, factory):
-    if addr.startswith("unix:"):
-        path = addr[5:]
-        if path.startswith("@"):
-            path = "\0" + path[1:]               # abstract namespace
-        server = await loop.create_unix_server(factory, path, backlog=4096)
+    try:
+        kind, where = parse_addr(addr)
+    except ValueError as exc:
+        raise Skip(str(exc)) from None
+    if kind == "unix":
+        server = await loop.create_unix_server(factory, where, backlog=4096)
         return server, addr
-    if addr.startswith("udp:"):
-        host, _, port = addr[4:].rpartition(":")
+    if kind == "udp":
         transport, _ = await loop.create_datagram_endpoint(
-            EchoDatagramProtocol, local_addr=(host, int(port)))
-        sockname = transport.get_extra_info("sockname")
-        return transport, f"udp:{sockname[0]}:{sockname[1]}"
-    if addr.startswith("tcp:"):
-        host, _, port = addr[4:].rpartition(":")
-        server = await loop.create_server(factory, host, int(port), backlog=4096)
-        sockname = server.sockets[0].getsockname()
-        return server, f"tcp:{sockname[0]}:{sockname[1]}"
-    raise Skip(f"bad address {addr!r}")
-
-
-def raise_nofile():
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            EchoDatagramProtocol, local_addr=where)
+        return transport, format_addr(kind, transport.get_extra_info("sockname"))
+    server = await loop.create_server(factory, *where, backlog=4096)
+    return server, format_addr(kind, server.sockets[0].getsockname())
 
 
 def main(argv=None):

@@ -45,14 +45,14 @@
  * only the epoll engine is compiled in.
  * Output: one JSON object on stdout.
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
-#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,13 +60,10 @@
 #include <sys/epoll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
-#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
-#ifdef HAVE_LIBURING
-#include <liburing.h>
-#include <sys/mman.h>
-#endif
+
+#include "common.h"          /* and liburing.h with HAVE_LIBURING */
 
 #define PATLEN 65521u            /* prime: no message size divides it */
 #define RBUF (256 * 1024)
@@ -205,58 +202,21 @@ static const unsigned char *pat_at(uint64_t off)
     return pat + off % PATLEN;
 }
 
-/* ---- address parsing -------------------------------------------------- */
+/* ---- address ------------------------------------------------------------ */
 
 static void parse_addr(const char *s)
 {
-    memset(&opt.addr, 0, sizeof opt.addr);
-    if (!strncmp(s, "unix:", 5)) {
-        struct sockaddr_un *un = (struct sockaddr_un *)&opt.addr;
-        const char *path = s + 5;
-        size_t n = strlen(path);
-        if (n == 0 || n >= sizeof un->sun_path) {
-            fprintf(stderr, "loadgen: bad unix path\n");
-            exit(2);
-        }
-        un->sun_family = AF_UNIX;
-        memcpy(un->sun_path, path, n);
-        if (path[0] == '@') {            /* abstract namespace: no NUL end */
-            un->sun_path[0] = '\0';
-            opt.addrlen = offsetof(struct sockaddr_un, sun_path) + n;
-        } else {
-            opt.addrlen = sizeof *un;
-        }
-        return;
+    struct fs_addr a;
+    int rc = fs_addr_parse(s, 0, &a);
+    if (rc < 0) {
+        fprintf(stderr, "loadgen: %s: %s (expected tcp:HOST:PORT, "
+                "udp:HOST:PORT, unix:PATH or unix:@NAME)\n", s, strerror(-rc));
+        exit(2);
     }
-    if (!strncmp(s, "tcp:", 4) || !strncmp(s, "udp:", 4)) {
-        char host[256];
-        const char *colon = strrchr(s + 4, ':');
-        opt.udp = s[0] == 'u';
-        if (!colon || (size_t)(colon - (s + 4)) >= sizeof host) {
-            fprintf(stderr, "loadgen: expected tcp:HOST:PORT or udp:HOST:PORT\n");
-            exit(2);
-        }
-        memcpy(host, s + 4, colon - (s + 4));
-        host[colon - (s + 4)] = '\0';
-        if (host[0] == '[') {            /* [::1] */
-            memmove(host, host + 1, strlen(host));
-            host[strlen(host) - 1] = '\0';
-        }
-        struct addrinfo hints = {0}, *ai;
-        hints.ai_socktype = opt.udp ? SOCK_DGRAM : SOCK_STREAM;
-        int rc = getaddrinfo(host, colon + 1, &hints, &ai);
-        if (rc) {
-            fprintf(stderr, "loadgen: %s: %s\n", s, gai_strerror(rc));
-            exit(2);
-        }
-        memcpy(&opt.addr, ai->ai_addr, ai->ai_addrlen);
-        opt.addrlen = ai->ai_addrlen;
-        opt.tcp = !opt.udp;
-        freeaddrinfo(ai);
-        return;
-    }
-    fprintf(stderr, "loadgen: address must be tcp:HOST:PORT or unix:PATH\n");
-    exit(2);
+    opt.addr = a.ss;
+    opt.addrlen = a.len;
+    opt.udp = a.type == SOCK_DGRAM;
+    opt.tcp = !opt.udp && a.ss.ss_family != AF_UNIX;
 }
 
 static int new_socket(int nonblock)
@@ -598,15 +558,6 @@ static double self_cpu_seconds(void)
            ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
-static void raise_nofile(void)
-{
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
 /* ---- modes -------------------------------------------------------------- */
 
 static int connect_blocking(struct conn *c)
@@ -740,6 +691,10 @@ static uint64_t window_next(void)
 static void print_report(const char *engine)
 {
     double secs = (double)(win.stopped_at - win.started_at) / 1e9;
+    /* A generator kept off its CPU for the whole window (an overloaded
+     * host) opens and closes it in one tick: report zero, not NaN, which
+     * is no JSON. */
+    double per_s = secs > 0 ? 1.0 / secs : 0.0;
     double self_cpu = win.self_cpu1 - win.self_cpu0;
     double srv_cpu = (win.srv_cpu0 >= 0 && win.srv_cpu1 >= 0)
                      ? win.srv_cpu1 - win.srv_cpu0 : -1;
@@ -753,7 +708,7 @@ static void print_report(const char *engine)
            "\"seconds\": %.6f, \"rps\": %.1f, \"mib_s\": %.3f, ",
            names[opt.mode], engine, opt.conns, opt.size, opt.pipeline,
            (unsigned long long)n_req, (unsigned long long)n_bytes, secs,
-           n_req / secs, n_bytes / secs / 1048576.0);
+           n_req * per_s, n_bytes * per_s / 1048576.0);
     if (hn)
         printf("\"p50_us\": %.2f, \"p99_us\": %.2f, \"p999_us\": %.2f, "
                "\"mean_us\": %.2f, \"max_us\": %.2f, ",
@@ -824,8 +779,7 @@ static unsigned pow2_at_least(size_t v, unsigned lo, unsigned hi)
 }
 
 /* Ring and provided buffers, or -1 with the reason in `why` (the caller
- * falls back to epoll).  liburing 2.3 has no io_uring_setup_buf_ring(), so
- * the buffer ring is mmap'ed and registered here. */
+ * falls back to epoll). */
 static int uring_setup(char *why, size_t whylen)
 {
     /* One recv and one send per connection can be queued in a batch; a
@@ -834,49 +788,30 @@ static int uring_setup(char *why, size_t whylen)
     /* Multishot recv posts as many CQEs as the data arrives in; a CQ that
      * overflows stops it (re-armed, but each stop costs a round trip). */
     unsigned cq = pow2_at_least((size_t)opt.conns * 8, 4096, 65536);
-    /* Newest flags first; older kernels reject them with EINVAL.
-     * DEFER_TASKRUN runs completions only inside io_uring_enter, in one
-     * batch, instead of interrupting the generator per packet. */
-    unsigned tries[] = {
-        IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-        IORING_SETUP_COOP_TASKRUN, 0};
-    int rc = -EINVAL;
-    for (unsigned i = 0; i < sizeof tries / sizeof tries[0]; i++) {
-        struct io_uring_params p = {
-            .flags = tries[i] | IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP,
-            .cq_entries = cq};
-        rc = io_uring_queue_init_params(sq, &ring, &p);
-        quiet_sends = opt.pipeline == 1 && (p.features & IORING_FEAT_CQE_SKIP);
-        if (rc != -EINVAL)
-            break;
-    }
+    struct io_uring_params p = {
+        .flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP, .cq_entries = cq};
+    int rc = fs_uring_init(sq, &ring, &p, NULL, 0);
     if (rc < 0) {
         snprintf(why, whylen, "io_uring_queue_init: %s", strerror(-rc));
         return -1;
     }
+    quiet_sends = opt.pipeline == 1 && (p.features & IORING_FEAT_CQE_SKIP);
     /* Every buffer is returned as soon as it is checked, so the pool only
      * has to cover what one batch of CQEs holds: about one per connection
      * and message in flight.  Small buffers sized to that stay in cache. */
     nbufs = pow2_at_least((size_t)opt.conns * opt.pipeline * 2, 64, 4096);
     bufsz = pow2_at_least(opt.size * opt.pipeline, 4096, 65536);
-    size_t ring_bytes = nbufs * sizeof(struct io_uring_buf);
-    br = mmap(NULL, ring_bytes, PROT_READ | PROT_WRITE,
-              MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     ubufs = malloc((size_t)nbufs * bufsz);
-    if (br == MAP_FAILED || !ubufs)
-        die("buffer ring");
-    struct io_uring_buf_reg reg = {
-        .ring_addr = (uintptr_t)br, .ring_entries = nbufs, .bgid = BGID};
-    rc = io_uring_register_buf_ring(&ring, &reg, 0);
-    if (rc < 0) {
+    if (!ubufs)
+        die("buffer pool");
+    br = fs_setup_buf_ring(&ring, nbufs, BGID, 0, &rc);
+    if (!br) {
         snprintf(why, whylen, "io_uring_register_buf_ring (kernel 5.19+): %s",
                  strerror(-rc));
         io_uring_queue_exit(&ring);
-        munmap(br, ring_bytes);
         free(ubufs);
         return -1;
     }
-    io_uring_buf_ring_init(br);
     for (unsigned i = 0; i < nbufs; i++)
         io_uring_buf_ring_add(br, ubufs + (size_t)i * bufsz, bufsz, i,
                               io_uring_buf_ring_mask(nbufs), i);
@@ -1214,7 +1149,7 @@ int main(int argc, char **argv)
     }
     if (opt.window == 0)
         opt.window = opt.size * 4 > 65536 ? opt.size * 4 : 65536;
-    raise_nofile();
+    fs_raise_nofile();
 
     conns = calloc(opt.conns, sizeof *conns);
     for (int i = 0; i < opt.conns; i++) {
