@@ -13,3 +13,8 @@ cdef object sockaddr_to_py(sockaddr *addr, socklen_t addrlen)
 # module does not handle (the caller goes through the socket object).
 cdef int py_to_sockaddr(int family, object address, sockaddr_storage *out,
                         socklen_t *outlen) except -1
+
+# The socket's own and its peer's address, as getsockname()/getpeername()
+# give them (None when there is none); the peer's also after a TCP reset.
+cdef object local_address(int fd)
+cdef object peer_address(int fd, int family)

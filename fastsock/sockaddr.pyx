@@ -186,7 +186,18 @@ def from_sockaddr(bytes raw):
     return sockaddr_to_py(<sockaddr *>&ss, <socklen_t>len(raw))
 
 
-def peer_address(sock):
+cdef object local_address(int fd):
+    """The socket's own address, as getsockname() gives it (None if the
+    kernel has none)."""
+    cdef sockaddr_storage ss
+    cdef socklen_t n = sizeof(ss)
+    memset(&ss, 0, sizeof(ss))
+    if getsockname(fd, <sockaddr *>&ss, &n) < 0:
+        return None
+    return sockaddr_to_py(<sockaddr *>&ss, n)
+
+
+cdef object peer_address(int fd, int family):
     """The peer's address of a connected socket, as getpeername() gives it.
 
     A TCP peer that reset the connection before it was accepted leaves a
@@ -195,18 +206,17 @@ def peer_address(sock):
     reads it whatever the connection's state. The option wants a buffer no
     larger than the address itself. None when there is no peer."""
     cdef sockaddr_storage ss
-    cdef socklen_t n
-    try:
-        return sock.getpeername()
-    except OSError:
-        pass
-    if sock.family == AF_INET:
+    cdef socklen_t n = sizeof(ss)
+    memset(&ss, 0, sizeof(ss))
+    if getpeername(fd, <sockaddr *>&ss, &n) == 0:
+        return sockaddr_to_py(<sockaddr *>&ss, n)
+    if family == AF_INET:
         n = sizeof(sockaddr_in)
-    elif sock.family == AF_INET6:
+    elif family == AF_INET6:
         n = sizeof(sockaddr_in6)
     else:
         return None
     memset(&ss, 0, sizeof(ss))
-    if getsockopt(sock.fileno(), SOL_SOCKET, SO_PEERNAME, &ss, &n) < 0:
+    if getsockopt(fd, SOL_SOCKET, SO_PEERNAME, &ss, &n) < 0:
         return None
     return sockaddr_to_py(<sockaddr *>&ss, n)

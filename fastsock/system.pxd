@@ -107,6 +107,8 @@ cdef extern from "<sys/socket.h>" nogil:
     int shutdown(int fd, int how)
     int connect(int fd, const sockaddr *addr, socklen_t addrlen)
     int getsockopt(int fd, int level, int name, void *val, socklen_t *len)
+    int getsockname(int fd, sockaddr *addr, socklen_t *len)
+    int getpeername(int fd, sockaddr *addr, socklen_t *len)
     int setsockopt(int fd, int level, int name, const void *val,
                    socklen_t len)
 
@@ -130,6 +132,15 @@ cdef extern from "<linux/errqueue.h>" nogil:
     enum:
         SO_EE_ORIGIN_ZEROCOPY
         SO_EE_CODE_ZEROCOPY_COPIED
+
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        TCP_NODELAY
+
+cdef extern from "<netinet/in.h>" nogil:
+    enum:
+        IPPROTO_TCP
 
 
 cdef extern from "<sys/sendfile.h>" nogil:

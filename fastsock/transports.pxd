@@ -8,9 +8,10 @@ cdef class BaseTransport(Endpoint):
     # (the driver forgot the fd) -> closed (connection_lost ran, fd closed).
     cdef:
         CoreLoop loop
-        object sock
+        object sock                 # the socket object, or None (the_socket)
+        int family, stype, proto
         object protocol
-        dict extra
+        dict extra                  # None until asked for (fill_extra)
         object server
         bint closing
         bint paused                 # pause_reading()
@@ -26,6 +27,9 @@ cdef class BaseTransport(Endpoint):
     cdef int setup(self, CoreLoop loop, object sock, object protocol,
                    object extra, object server) except -1
     cdef int start(self, object waiter) except -1
+    cdef int fill_extra(self, bint with_socket) except -1
+    cdef object the_socket(self)
+    cdef int close_fd(self) except -1
     cdef Py_ssize_t backlog(self)
     cdef bint has_backlog(self)
     cdef int drop_backlog(self, object exc) except -1
@@ -76,7 +80,7 @@ cdef enum:
 cdef class StreamTransport(BaseTransport):
     cdef:
         list wbuf                   # the write buffer: bytes, PinnedBuffer
-                                    # or FileSegment
+                                    # or FileSegment; None when empty
         Py_ssize_t wbuf_start       # first live entry of wbuf
         Py_ssize_t wbuf_offset      # bytes of wbuf[wbuf_start] already sent
         Py_ssize_t wbuf_size
@@ -93,6 +97,11 @@ cdef class StreamTransport(BaseTransport):
     @staticmethod
     cdef StreamTransport new(CoreLoop loop, object sock, object protocol,
                              object waiter, object extra, object server)
+    @staticmethod
+    cdef StreamTransport accepted(CoreLoop loop, int fd, int family,
+                                  int stype, int proto, object protocol,
+                                  object server)
+    cdef int prepare(self) except -1
     cdef int queue(self, object data, Py_ssize_t skip) except -1
     cdef bint zc_eligible(self, object entry)
     cdef int start_send(self, bint now) except -1

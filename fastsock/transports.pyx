@@ -13,6 +13,7 @@ import math
 import os
 import socket
 import sys
+import warnings
 
 from asyncio import constants, futures, protocols, transports, trsock
 from asyncio import base_events
@@ -27,8 +28,7 @@ from libc.string cimport memcpy, strlen
 from fastsock.driver cimport *
 from fastsock.system cimport *
 from fastsock.loop cimport CoreLoop
-from fastsock.sockaddr cimport sockaddr_to_py
-from fastsock.sockaddr import peer_address
+from fastsock.sockaddr cimport sockaddr_to_py, local_address, peer_address
 
 logger = logging.getLogger('asyncio')
 
@@ -66,20 +66,6 @@ cdef bint SENDS_EMPTY_DATAGRAMS = sys.version_info >= (3, 13)
 cdef Py_ssize_t DATAGRAM_OVERHEAD = 8 if sys.version_info >= (3, 13) else 0
 
 
-cdef set_nodelay(object sock):
-    # Every TCP stream sends small writes at once. asyncio sets TCP_NODELAY
-    # only when the socket's proto is IPPROTO_TCP; a socket made with proto
-    # 0 (socket.socket(), uvicorn's --workers sockets) is the same TCP
-    # socket, and without it a response written in two parts waits for the
-    # peer's delayed ACK (40 ms). uvloop sets it on every TCP stream too.
-    if (sock.family in (socket.AF_INET, socket.AF_INET6)
-            and sock.type == socket.SOCK_STREAM):
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass
-
-
 cdef object errno_error(int err):
     # OSError(errno, ...) picks the subclass asyncio raises
     # (ConnectionResetError, BrokenPipeError, ...).
@@ -90,17 +76,17 @@ cdef class BaseTransport(Endpoint):
 
     cdef int setup(self, CoreLoop loop, object sock, object protocol,
                    object extra, object server) except -1:
+        # `sock` may be None for a connection the loop accepted: then the
+        # caller set fd, family, stype and proto, and the socket object is
+        # made only if someone asks for it (the_socket()).
         self.loop = loop
-        self.sock = sock
-        self.fd = sock.fileno()
-        self.extra = {} if extra is None else dict(extra)
-        self.extra['socket'] = TransportSocket(sock)
-        try:
-            self.extra['sockname'] = sock.getsockname()
-        except OSError:
-            self.extra['sockname'] = None
-        if 'peername' not in self.extra:
-            self.extra['peername'] = peer_address(sock)
+        if sock is not None:
+            self.sock = sock
+            self.fd = sock.fileno()
+            self.family = sock.family
+            self.stype = sock.type
+            self.proto = sock.proto
+        self.extra = None if extra is None else dict(extra)
         self.high_water = 64 * 1024
         self.low_water = 16 * 1024
         self.set_protocol(protocol)
@@ -169,7 +155,59 @@ cdef class BaseTransport(Endpoint):
     # -- asyncio.BaseTransport ------------------------------------------------
 
     def get_extra_info(self, name, default=None):
+        """asyncio's extra info: 'socket' (a TransportSocket), 'sockname',
+        'peername', and what the transport was made with (SSL adds its own
+        above this one). The addresses are read on first use, or before
+        the fd closes, so they stay right afterwards."""
+        if self.extra is None or name == 'socket':
+            self.fill_extra(name == 'socket')
         return self.extra.get(name, default)
+
+    cdef int fill_extra(self, bint with_socket) except -1:
+        # Most servers never ask: an idle connection keeps no dict, no
+        # addresses, no socket object until someone does.
+        if self.extra is None:
+            self.extra = {}
+        if 'sockname' not in self.extra and self.fd >= 0:
+            self.extra['sockname'] = local_address(self.fd)
+        if 'peername' not in self.extra and self.fd >= 0:
+            self.extra['peername'] = peer_address(self.fd, self.family)
+        if with_socket and 'socket' not in self.extra:
+            self.extra['socket'] = TransportSocket(self.the_socket())
+        return 0
+
+    cdef object the_socket(self):
+        # The socket object, made on first use for a connection the loop
+        # accepted; it is the transport's, and closes the fd in the end.
+        if self.sock is None:
+            if self.fd >= 0:
+                self.sock = socket.socket(
+                    self.family, self.stype | socket.SOCK_NONBLOCK,
+                    self.proto, self.fd)
+            else:
+                # Asked after the fd closed: a closed socket, as asyncio
+                # would give for a transport that is done.
+                self.sock = socket.socket(self.family, self.stype,
+                                          self.proto)
+                self.sock.close()
+        return self.sock
+
+    def __del__(self):
+        # Collected with its fd open (its loop closed with the transport
+        # still open): warn as asyncio's transports do, and close it.
+        if self.fd >= 0 and self.flags & EP_ADDED:
+            warnings.warn(f"unclosed transport {self!r}", ResourceWarning,
+                          source=self)
+            self.close_fd()
+
+    cdef int close_fd(self) except -1:
+        # The driver has forgotten the fd: now it may be closed, once.
+        if self.sock is not None:
+            self.sock.close()
+        elif self.fd >= 0:
+            close(self.fd)
+        self.fd = -1
+        return 0
 
     def is_closing(self):
         return self.closing
@@ -186,7 +224,7 @@ cdef class BaseTransport(Endpoint):
 
     @property
     def _sock(self):
-        return self.sock
+        return self.the_socket()
 
     @property
     def _protocol_paused(self):
@@ -230,7 +268,7 @@ cdef class BaseTransport(Endpoint):
 
     def __repr__(self):
         info = [type(self).__name__]
-        if self.sock is None:
+        if self.fd < 0:
             info.append('closed')
         elif self.closing:
             info.append('closing')
@@ -352,7 +390,10 @@ cdef class BaseTransport(Endpoint):
 
     cdef int begin_release(self, object exc) except -1:
         # The driver forgets the fd first (io_uring: after cancelling what is
-        # in flight); connection_lost follows from on_released().
+        # in flight); connection_lost follows from on_released(). The
+        # addresses are read while the fd is open: get_extra_info() gives
+        # them after the connection is gone, as asyncio's does.
+        self.fill_extra(False)
         self.lost_exc = exc
         return self.loop.driver.release(self)
 
@@ -360,7 +401,7 @@ cdef class BaseTransport(Endpoint):
         if self.loop.closed:
             # Released while its loop closes (zero-copy notices came late):
             # no callbacks run any more, but the fd is ours to close.
-            self.sock.close()
+            self.close_fd()
             return 0
         self.loop.soon(self._call_connection_lost, (self.lost_exc,), None)
         self.lost_exc = None
@@ -370,9 +411,7 @@ cdef class BaseTransport(Endpoint):
         try:
             self.protocol.connection_lost(exc)
         finally:
-            # The driver has forgotten the fd: now it may be closed.
-            self.sock.close()
-            self.sock = None
+            self.close_fd()
             self.protocol = None
             server = self.server
             if server is not None:
@@ -466,13 +505,40 @@ cdef class StreamTransport(BaseTransport):
                              object waiter, object extra, object server):
         cdef StreamTransport self = StreamTransport.__new__(StreamTransport)
         self.kind = KIND_STREAM
-        self.wbuf = []
-        self.zc_threshold = DEFAULT_ZEROCOPY_THRESHOLD
-        self.zc_enabled = sock.family in (socket.AF_INET, socket.AF_INET6)
-        set_nodelay(sock)
         self.setup(loop, sock, protocol, extra, server)
+        self.prepare()
         self.start(waiter)
         return self
+
+    @staticmethod
+    cdef StreamTransport accepted(CoreLoop loop, int fd, int family,
+                                  int stype, int proto, object protocol,
+                                  object server):
+        # A connection the loop accepted: no socket object until asked for.
+        cdef StreamTransport self = StreamTransport.__new__(StreamTransport)
+        self.kind = KIND_STREAM
+        self.fd = fd
+        self.family = family
+        self.stype = stype
+        self.proto = proto
+        self.setup(loop, None, protocol, None, server)
+        self.prepare()
+        self.start(None)
+        return self
+
+    cdef int prepare(self) except -1:
+        cdef int one = 1
+        self.zc_threshold = DEFAULT_ZEROCOPY_THRESHOLD
+        self.zc_enabled = self.family == AF_INET or self.family == AF_INET6
+        if self.zc_enabled and self.stype == SOCK_STREAM:
+            # Every TCP stream sends small writes at once. asyncio sets
+            # TCP_NODELAY only when the socket's proto is IPPROTO_TCP; a
+            # socket made with proto 0 (socket.socket(), uvicorn's --workers
+            # sockets) is the same TCP socket, and without it a response
+            # written in two parts waits for the peer's delayed ACK (40 ms).
+            # uvloop sets it on every TCP stream too.
+            setsockopt(self.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        return 0
 
     def set_protocol(self, protocol):
         self.buffered = isinstance(protocol, BufferedProtocol)
@@ -644,6 +710,8 @@ cdef class StreamTransport(BaseTransport):
             data = memoryview(data).tobytes()
         if not self.wbuf:
             self.wbuf_offset = skip
+            if self.wbuf is None:
+                self.wbuf = []
         self.wbuf.append(data)
         self.wbuf_size += PyBytes_GET_SIZE(data) - skip
         return 0
@@ -653,7 +721,7 @@ cdef class StreamTransport(BaseTransport):
 
     cdef bint has_backlog(self):
         # a file segment counts as a backlog but not as buffered bytes
-        return len(self.wbuf) != 0
+        return bool(self.wbuf)
 
     cdef bint zc_eligible(self, object entry):
         if not self.zc_enabled:
@@ -759,7 +827,7 @@ cdef class StreamTransport(BaseTransport):
 
     cdef int after_sent(self) except -1:
         if self.wbuf_start == len(self.wbuf):
-            self.wbuf.clear()
+            self.wbuf = None            # an idle stream keeps no list
             self.wbuf_start = 0
         elif self.wbuf_start > 64 and self.wbuf_start * 2 > len(self.wbuf):
             del self.wbuf[:self.wbuf_start]
@@ -794,7 +862,7 @@ cdef class StreamTransport(BaseTransport):
     cdef int fail_files(self, object exc) except -1:
         cdef FileSegment seg
         cdef Py_ssize_t n
-        for entry in self.wbuf:
+        for entry in self.wbuf or ():
             if type(entry) is FileSegment:
                 seg = <FileSegment>entry
                 if seg.request is not None:
@@ -827,7 +895,7 @@ cdef class StreamTransport(BaseTransport):
                 self.conn_lost += 1
                 self.begin_release(None)
         elif self.eof:
-            self.sock.shutdown(socket.SHUT_WR)
+            shutdown(self.fd, SHUT_WR)  # (a failure: the peer is gone)
         return 0
 
     cdef int on_send_error(self, int err) except -1:
@@ -845,7 +913,7 @@ cdef class StreamTransport(BaseTransport):
         if self.wbuf:
             self.fail_files(exc if exc is not None
                             else ConnectionError('Connection lost'))
-            self.wbuf = []
+        self.wbuf = None
         self.wbuf_size = self.wbuf_start = self.wbuf_offset = 0
         return 0
 
@@ -856,8 +924,8 @@ cdef class StreamTransport(BaseTransport):
         if self.closing or self.eof:
             return
         self.eof = True
-        if not self.wbuf:
-            self.sock.shutdown(socket.SHUT_WR)
+        if not self.wbuf and shutdown(self.fd, SHUT_WR) < 0:
+            raise errno_error(errno)
 
     # -- zero copy -------------------------------------------------------------
 
@@ -885,6 +953,7 @@ cdef class StreamTransport(BaseTransport):
             return done
         if not self.wbuf:
             self.wbuf_offset = 0
+            self.wbuf = []
         self.wbuf.append(pinned)
         self.wbuf_size += pinned.view.len
         if self.sending is None:
@@ -934,6 +1003,8 @@ cdef class StreamTransport(BaseTransport):
         if self.conn_lost:
             seg.done.set_exception(ConnectionError('Connection lost'))
             return seg
+        if self.wbuf is None:
+            self.wbuf = []
         self.wbuf.append(seg)
         if self.sending is None:
             self.start_send(True)
@@ -967,7 +1038,7 @@ cdef class DatagramTransport(BaseTransport):
         self.address = address
         self.family = sock.family
         self.setup(loop, sock, protocol, extra, None)
-        self.connected = bool(self.extra['peername'])
+        self.connected = bool(self.get_extra_info('peername'))
         self.start(waiter)
         return self
 
@@ -1180,28 +1251,37 @@ cdef class Listener(Endpoint):
         self.sock.close()
 
     cdef int on_accept(self, int fd) except -1:
-        # Family, type and proto given: the socket object asks the kernel
-        # nothing. SOCK_NONBLOCK tells it the fd is nonblocking already.
-        conn = socket.socket(self.family, self.type | socket.SOCK_NONBLOCK,
-                             self.proto, fd)
+        cdef object conn = None
         protocol = None
         try:
             protocol = self.protocol_factory()
             if self.sslcontext is not None:
+                # Family, type and proto given: the socket object asks the
+                # kernel nothing; SOCK_NONBLOCK: the fd is nonblocking.
+                conn = socket.socket(self.family,
+                                     self.type | socket.SOCK_NONBLOCK,
+                                     self.proto, fd)
                 self.loop._make_ssl_transport(
                     conn, protocol, self.sslcontext, None,
                     server_side=True, server=self.server,
                     ssl_handshake_timeout=self.ssl_handshake_timeout,
                     ssl_shutdown_timeout=self.ssl_shutdown_timeout)
             else:
-                StreamTransport.new(self.loop, conn, protocol, None, None,
-                                    self.server)
+                StreamTransport.accepted(self.loop, fd, self.family,
+                                         self.type, self.proto, protocol,
+                                         self.server)
         except (SystemExit, KeyboardInterrupt):
-            conn.close()
+            if conn is not None:
+                conn.close()
+            else:
+                close(fd)
             raise
         except BaseException as exc:
-            # No transport took the socket: it is still ours to close.
-            conn.close()
+            # No transport took the fd: it is still ours to close.
+            if conn is not None:
+                conn.close()
+            else:
+                close(fd)
             # asyncio reports this only in debug mode, which is how a
             # server that drops every connection can stay silent; the
             # connection is dropped either way, the reason is always told.
