@@ -56,8 +56,9 @@ cdef class UringDriver(Driver):
         dict stash                  # Endpoint -> [bytes, (bytes, name), None
                                     # (EOF)] read while the owner was not
         list deferred               # endpoints with stash to deliver
-        dict dgram_bufs             # Endpoint -> Request: its recvmsg msghdr
-                                    # (and, AF_UNIX, buffer)
+        dict rx                     # Endpoint -> Request: the msghdr and
+                                    # buffer it reads into, for a datagram
+                                    # socket or a bulk stream
         # What the kernel may still touch is held here until it is done:
         # released endpoints whose CQEs are due (endpoints that are not
         # released are in `endpoints`), and every Request in flight.

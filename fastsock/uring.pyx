@@ -100,12 +100,20 @@ cdef enum:
     ARM_POLL_OUT = 1 << 7
     ARM_SEND_POLL = 1 << 8      # a datagram chain waits for room
     ARM_SEND_BLOCKED = 1 << 9   # a datagram chain met a full socket buffer
+    ARM_BULK = 1 << 10          # stream: reads into its own buffer
+    ARM_QUIET_SHIFT = 24        # stream: small reads in a row (4 bits)
+    ARM_QUIET_MASK = 15 << 24
 
 cdef enum:
     DEFAULT_ENTRIES = 1024
     DEFAULT_CQ_ENTRIES = 16384
     DEFAULT_BUF_COUNT = 512
     DEFAULT_BUF_SIZE = 32 * 1024
+    # A stream that fills whole ring buffers reads with single-shot recvs
+    # into a buffer of its own this large, until BULK_QUIET_RECVS reads in
+    # a row fit a ring buffer again (see recv_done).
+    BULK_RECV_SIZE = 128 * 1024
+    BULK_QUIET_RECVS = 8
     DGRAM_BUF_SIZE = 256 * 1024        # asyncio reads datagrams this large
     STREAM_GROUP = 0                   # provided-buffer groups
     DGRAM_GROUP = 1
@@ -221,14 +229,14 @@ cdef class UringDriver(Driver):
         self.endpoints = {}
         self.stash = {}
         self.deferred = []
-        self.dgram_bufs = {}
+        self.rx = {}
         self.pipes = {}
         self.releasing = set()
         self.requests = set()
         self.counters = dict.fromkeys((
             'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
             'recv_cancels', 'send_eagain', 'accept_emfile',
-            'sock_requests', 'datagram_sends'), 0)
+            'sock_requests', 'datagram_sends', 'bulk_switches'), 0)
         self.wakefd = self.reserve_fd = self.check_epfd = -1
         self.buf_count = buf_count
         self.buf_size = buf_size
@@ -356,7 +364,7 @@ cdef class UringDriver(Driver):
         self.requests.clear()
         self.stash.clear()
         self.deferred.clear()
-        self.dgram_bufs.clear()
+        self.rx.clear()
         self.pipes.clear()
         return 0
 
@@ -533,11 +541,11 @@ cdef class UringDriver(Driver):
             # Multishot recvmsg from the datagram buffer ring: each CQE is
             # one datagram (header, sender, payload in one buffer). The
             # msghdr only tells the kernel how much room the name gets.
-            req = self.dgram_bufs.get(ep)
+            req = self.rx.get(ep)
             if req is None:
                 req = Request.__new__(Request)
                 req.msg.msg_namelen = <socklen_t>ADDR_SPACE
-                self.dgram_bufs[ep] = req
+                self.rx[ep] = req
             self.datagram_buffers()
             sqe = self.op_sqe(ep, OP_RECV)
             io_uring_prep_recvmsg_multishot(sqe, ep.fd, &req.msg, 0)
@@ -546,14 +554,25 @@ cdef class UringDriver(Driver):
         elif ep.kind == KIND_DATAGRAM:
             # One recvmsg at a time into the endpoint's own buffer: the
             # sender's address comes with it.
-            req = self.dgram_bufs.get(ep)
+            req = self.rx.get(ep)
             if req is None:
                 req = Request.new(REQ_RECVMSG, ep.fd,
                                   bytearray(DGRAM_BUF_SIZE), True)
-                self.dgram_bufs[ep] = req
+                self.rx[ep] = req
             req.msg.msg_namelen = req.namelen
             sqe = self.op_sqe(ep, OP_RECV)
             io_uring_prep_recvmsg(sqe, ep.fd, &req.msg, 0)
+        elif ep.armed & ARM_BULK:
+            # A bulk stream: one recv at a time into its own buffer, which
+            # stays warm in the cache, a whole message per completion.
+            req = self.rx.get(ep)
+            if req is None:
+                req = Request.new(REQ_RECV, ep.fd,
+                                  bytearray(BULK_RECV_SIZE), True)
+                self.rx[ep] = req
+            sqe = self.op_sqe(ep, OP_RECV)
+            io_uring_prep_recv(sqe, ep.fd, req.iov.iov_base,
+                               req.iov.iov_len, 0)
         else:
             sqe = self.op_sqe(ep, OP_RECV)
             io_uring_prep_recv_multishot(sqe, ep.fd, NULL, 0, 0)
@@ -964,7 +983,7 @@ cdef class UringDriver(Driver):
 
     cdef int forget(self, Endpoint ep) except -1:
         # Nothing in flight refers to ep's memory any more.
-        self.dgram_bufs.pop(ep, None)
+        self.rx.pop(ep, None)
         self.releasing.discard(ep)
         if self.pipes:
             self.pipes.pop(ep, None)
@@ -1080,14 +1099,27 @@ cdef class UringDriver(Driver):
     # -- reading ----------------------------------------------------------------
 
     cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1:
+        # Streams read two ways, chosen by what they carry (measured, see
+        # the README): small messages, with many connections, by multishot
+        # recv from the ring of buffers the loop shares (no buffer per
+        # connection, no SQE per message); a bulk stream, one that fills
+        # whole ring buffers, by single-shot recvs into a buffer of its own
+        # (a whole message per completion, in memory that stays warm). The
+        # switch to bulk waits for the multishot's last CQE, so the bytes
+        # stay in order; the switch back happens between two recvs.
         cdef bint more = flags & IORING_CQE_F_MORE
-        cdef unsigned int bid
+        cdef unsigned int bid, quiet
         cdef const char *data
+        cdef Request rx
         if not more:
             ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
         if res > 0:
-            bid = flags >> IORING_CQE_BUFFER_SHIFT
-            data = self.rbufs.buf(bid)
+            if flags & IORING_CQE_F_BUFFER:
+                bid = flags >> IORING_CQE_BUFFER_SHIFT
+                data = self.rbufs.buf(bid)
+            else:
+                rx = self.rx[ep]
+                data = <const char *>rx.iov.iov_base
             try:
                 if ep.flags & EP_RELEASING:
                     pass
@@ -1096,9 +1128,27 @@ cdef class UringDriver(Driver):
                 else:
                     self.keep(ep, PyBytes_FromStringAndSize(data, res))
             finally:
-                self.rbufs.give_back(bid)
+                if flags & IORING_CQE_F_BUFFER:
+                    self.rbufs.give_back(bid)
+            if flags & IORING_CQE_F_BUFFER:
+                if <unsigned int>res == self.buf_size and not ep.armed & ARM_BULK:
+                    ep.armed |= ARM_BULK
+                    self.counters['bulk_switches'] += 1
+                    if more and not ep.armed & ARM_RECV_CANCEL:
+                        self.cancel_op(ep, OP_RECV)     # re-armed as bulk
+            elif <unsigned int>res <= self.buf_size:
+                quiet = ((ep.armed & ARM_QUIET_MASK) >> ARM_QUIET_SHIFT) + 1
+                ep.armed &= ~ARM_QUIET_MASK
+                if quiet < BULK_QUIET_RECVS:
+                    ep.armed |= quiet << ARM_QUIET_SHIFT
+                else:
+                    ep.armed &= ~ARM_BULK           # back to the ring
+                    del self.rx[ep]
+            else:
+                ep.armed &= ~ARM_QUIET_MASK
             if not more and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
-                self.counters['multishot_rearms'] += 1
+                if flags & IORING_CQE_F_BUFFER:
+                    self.counters['multishot_rearms'] += 1
                 self.arm_recv(ep)
             return 0
         if ep.flags & EP_RELEASING:
@@ -1183,7 +1233,7 @@ cdef class UringDriver(Driver):
         cdef char *buf
         cdef io_uring_recvmsg_out *out
         cdef socklen_t namelen
-        cdef Request rx = self.dgram_bufs.get(ep)
+        cdef Request rx = self.rx.get(ep)
         if not more:
             ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
         if flags & IORING_CQE_F_BUFFER:
@@ -1217,7 +1267,7 @@ cdef class UringDriver(Driver):
         return 0
 
     cdef int recvmsg_done(self, Endpoint ep, int res) except -1:
-        cdef Request rx = self.dgram_bufs.get(ep)
+        cdef Request rx = self.rx.get(ep)
         ep.armed &= ~ARM_RECV
         if ep.flags & EP_RELEASING or rx is None:
             return 0
