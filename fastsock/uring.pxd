@@ -9,7 +9,8 @@ cdef enum:
 cdef class BufferRing:
     # A provided-buffer ring registered by hand (liburing 2.3 has no
     # io_uring_setup_buf_ring): `count` buffers of `size` bytes the kernel
-    # picks from for recvs of buffer group `group`.
+    # picks from for recvs of buffer group `group`. Only `target` of them
+    # are in the ring at a time, the most recently used first (give_back).
     cdef:
         io_uring_buf_ring *br
         size_t br_bytes
@@ -18,12 +19,19 @@ cdef class BufferRing:
         unsigned int size
         int mask
         int group
+        unsigned int *free         # buffers not in the ring, a LIFO stack
+        unsigned int nfree
+        unsigned int in_ring       # buffers the kernel may pick now
+        unsigned int target        # how many to keep there (grows on ENOBUFS)
 
     @staticmethod
     cdef BufferRing new(io_uring *ring, unsigned int count, unsigned int size,
                         int group)
     cdef char *buf(self, unsigned int bid)
+    cdef int taken(self) except -1
     cdef int give_back(self, unsigned int bid) except -1
+    cdef int ran_dry(self) except -1
+    cdef int replenish(self) except -1
     cdef int strand(self) except -1
 
 
@@ -51,6 +59,7 @@ cdef class UringDriver(Driver):
         # (made on first use) by every UDP recvmsg
         BufferRing rbufs
         BufferRing dbufs
+        BufferRing bulkbufs         # made on first use (recv_done)
         unsigned int buf_count
         unsigned int buf_size
         dict stash                  # Endpoint -> [bytes, (bytes, name), None
@@ -112,6 +121,7 @@ cdef class UringDriver(Driver):
     cdef int datagram_done(self, Request req, int res) except -1
     cdef int sock_request_done(self, Request req, int res) except -1
     cdef BufferRing datagram_buffers(self)
+    cdef BufferRing bulk_buffers(self)
     cdef SplicePipe pipe_for(self, Endpoint ep)
     cdef int keep(self, Endpoint ep, object chunk) except -1
     cdef int deliver_stash(self, Endpoint ep) except -1

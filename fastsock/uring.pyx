@@ -100,7 +100,8 @@ cdef enum:
     ARM_POLL_OUT = 1 << 7
     ARM_SEND_POLL = 1 << 8      # a datagram chain waits for room
     ARM_SEND_BLOCKED = 1 << 9   # a datagram chain met a full socket buffer
-    ARM_BULK = 1 << 10          # stream: reads into its own buffer
+    ARM_BULK = 1 << 10          # stream: reads bulk (recv_done)
+    ARM_RECV_BULK = 1 << 11     # stream: the armed recv uses the bulk ring
     ARM_QUIET_SHIFT = 24        # stream: small reads in a row (4 bits)
     ARM_QUIET_MASK = 15 << 24
 
@@ -109,10 +110,9 @@ cdef enum:
     DEFAULT_CQ_ENTRIES = 16384
     DEFAULT_BUF_COUNT = 512
     DEFAULT_BUF_SIZE = 32 * 1024
-    # A stream that fills whole ring buffers reads with single-shot recvs
-    # into a buffer of its own this large, until BULK_QUIET_RECVS reads in
-    # a row fit a ring buffer again (see recv_done).
-    BULK_RECV_SIZE = 128 * 1024
+    # A stream that fills whole buffers of the shared ring reads from the
+    # bulk ring until BULK_QUIET_RECVS reads in a row fit a shared-ring
+    # buffer again (see recv_done).
     BULK_QUIET_RECVS = 8
     DGRAM_BUF_SIZE = 256 * 1024        # asyncio reads datagrams this large
     STREAM_GROUP = 0                   # provided-buffer groups
@@ -122,6 +122,11 @@ cdef enum:
     DGRAM_BUF_COUNT = 64
     DGRAM_BUF_RING_SIZE = 65536 + 256
     DGRAM_CHAIN_MAX = 64               # datagrams linked in one chain
+    BULK_GROUP = 2
+    # Bulk streams (see recv_done) read from a ring of large buffers.
+    BULK_BUF_COUNT = 128
+    BULK_BUF_SIZE = 128 * 1024
+    RING_LEVEL_START = 16              # buffers a ring offers at first
     REAP_ROUNDS = 8
 
 cdef Py_ssize_t ADDR_SPACE = sizeof(sockaddr_storage)
@@ -156,7 +161,8 @@ cdef class BufferRing:
             self.br = NULL
             raise OSError(errno, "mmap of the buffer ring failed")
         self.bufs = <char *>malloc(<size_t>count * size)
-        if self.bufs == NULL:
+        self.free = <unsigned int *>malloc(count * sizeof(unsigned int))
+        if self.bufs == NULL or self.free == NULL:
             raise MemoryError()
         memset(&reg, 0, sizeof(reg))
         reg.ring_addr = <uint64_t><uintptr_t>self.br
@@ -168,20 +174,52 @@ cdef class BufferRing:
                           f"(kernel 5.19+ needed): {os.strerror(-ret)}")
         io_uring_buf_ring_init(self.br)
         self.mask = io_uring_buf_ring_mask(count)
+        # Every buffer starts free; the lowest numbers go in first.
         for i in range(count):
-            io_uring_buf_ring_add(self.br, self.bufs + i * size, size, i,
-                                  self.mask, i)
-        io_uring_buf_ring_advance(self.br, count)
+            self.free[i] = count - 1 - i
+        self.nfree = count
+        self.target = min(count, RING_LEVEL_START)
+        self.replenish()
         return self
 
     cdef char *buf(self, unsigned int bid):
         return self.bufs + <size_t>bid * self.size
 
+    cdef int taken(self) except -1:
+        # The kernel filled a buffer (its CQE is being handled).
+        self.in_ring -= 1
+        return 0
+
     cdef int give_back(self, unsigned int bid) except -1:
-        # Its bytes have been handed on: the kernel may fill it again.
-        io_uring_buf_ring_add(self.br, self.buf(bid), self.size, bid,
-                              self.mask, 0)
-        io_uring_buf_ring_advance(self.br, 1)
+        # Its bytes have been handed on. It waits on top of the free stack:
+        # the next buffers the ring gets are the ones used last, still in
+        # the cache (a ring that cycles through all of them writes each
+        # recv into cold memory: measured, the kernel's copy then costs
+        # twice as much for 64 KiB messages).
+        self.free[self.nfree] = bid
+        self.nfree += 1
+        return 0
+
+    cdef int ran_dry(self) except -1:
+        # ENOBUFS: recvs came faster than the ring's level allowed.
+        self.target = min(self.count, self.target * 2)
+        return 0
+
+    cdef int replenish(self) except -1:
+        # Keep `target` buffers where the kernel can pick them, no more.
+        # With DEFER_TASKRUN the kernel fills buffers only inside
+        # io_uring_enter(): the driver calls this before each wait.
+        cdef unsigned int bid
+        cdef int added = 0
+        while self.in_ring < self.target and self.nfree > 0:
+            self.nfree -= 1
+            bid = self.free[self.nfree]
+            io_uring_buf_ring_add(self.br, self.buf(bid), self.size, bid,
+                                  self.mask, added)
+            added += 1
+            self.in_ring += 1
+        if added:
+            io_uring_buf_ring_advance(self.br, added)
         return 0
 
     cdef int strand(self) except -1:
@@ -196,6 +234,8 @@ cdef class BufferRing:
             munmap(self.br, self.br_bytes)
         if self.bufs != NULL:
             free(self.bufs)
+        if self.free != NULL:
+            free(self.free)
 
 
 cdef class SplicePipe:
@@ -293,7 +333,7 @@ cdef class UringDriver(Driver):
             io_uring_queue_exit(&self.ring)
             self.ring_ok = False
         # After io_uring_queue_exit: the kernel no longer knows the buffers.
-        self.rbufs = self.dbufs = None
+        self.rbufs = self.dbufs = self.bulkbufs = None
 
     cdef int close(self) except -1:
         cdef Endpoint ep
@@ -346,7 +386,7 @@ cdef class UringDriver(Driver):
                 if stuck or self.requests:
                     _stranded.extend(stuck)
                     _stranded.extend(self.requests)
-                    for bufs in (self.rbufs, self.dbufs):
+                    for bufs in (self.rbufs, self.dbufs, self.bulkbufs):
                         if bufs is not None:
                             bufs.strand()
         self.free_ring()
@@ -563,16 +603,13 @@ cdef class UringDriver(Driver):
             sqe = self.op_sqe(ep, OP_RECV)
             io_uring_prep_recvmsg(sqe, ep.fd, &req.msg, 0)
         elif ep.armed & ARM_BULK:
-            # A bulk stream: one recv at a time into its own buffer, which
-            # stays warm in the cache, a whole message per completion.
-            req = self.rx.get(ep)
-            if req is None:
-                req = Request.new(REQ_RECV, ep.fd,
-                                  bytearray(BULK_RECV_SIZE), True)
-                self.rx[ep] = req
+            # A bulk stream: large buffers, a whole message per CQE.
+            self.bulk_buffers()
             sqe = self.op_sqe(ep, OP_RECV)
-            io_uring_prep_recv(sqe, ep.fd, req.iov.iov_base,
-                               req.iov.iov_len, 0)
+            io_uring_prep_recv_multishot(sqe, ep.fd, NULL, 0, 0)
+            sqe.flags |= IOSQE_BUFFER_SELECT
+            sqe.buf_group = BULK_GROUP
+            ep.armed |= ARM_RECV_BULK
         else:
             sqe = self.op_sqe(ep, OP_RECV)
             io_uring_prep_recv_multishot(sqe, ep.fd, NULL, 0, 0)
@@ -1004,6 +1041,12 @@ cdef class UringDriver(Driver):
         if io_uring_cq_ready(&self.ring) or io_uring_cq_has_overflow(&self.ring):
             timeout_ms = 0
         self.enable()
+        # The buffers handed on since the last wait go back to the rings.
+        self.rbufs.replenish()
+        if self.bulkbufs is not None:
+            self.bulkbufs.replenish()
+        if self.dbufs is not None:
+            self.dbufs.replenish()
         if timeout_ms == 0:
             with nogil:
                 ret = io_uring_submit_and_get_events(&self.ring)
@@ -1099,27 +1142,23 @@ cdef class UringDriver(Driver):
     # -- reading ----------------------------------------------------------------
 
     cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1:
-        # Streams read two ways, chosen by what they carry (measured, see
-        # the README): small messages, with many connections, by multishot
-        # recv from the ring of buffers the loop shares (no buffer per
-        # connection, no SQE per message); a bulk stream, one that fills
-        # whole ring buffers, by single-shot recvs into a buffer of its own
-        # (a whole message per completion, in memory that stays warm). The
-        # switch to bulk waits for the multishot's last CQE, so the bytes
-        # stay in order; the switch back happens between two recvs.
+        # Streams read with multishot recvs from provided-buffer rings, by
+        # what they carry (measured, see the README): small messages from
+        # the ring every stream shares, a bulk stream (one that fills whole
+        # buffers of it) from a ring of large buffers, a whole message per
+        # CQE. A switch cancels the multishot and re-arms on the other ring
+        # once its last CQE is in, so the bytes stay in order.
         cdef bint more = flags & IORING_CQE_F_MORE
+        cdef BufferRing ring = (self.bulkbufs if ep.armed & ARM_RECV_BULK
+                                else self.rbufs)
         cdef unsigned int bid, quiet
         cdef const char *data
-        cdef Request rx
         if not more:
-            ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
+            ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL | ARM_RECV_BULK)
         if res > 0:
-            if flags & IORING_CQE_F_BUFFER:
-                bid = flags >> IORING_CQE_BUFFER_SHIFT
-                data = self.rbufs.buf(bid)
-            else:
-                rx = self.rx[ep]
-                data = <const char *>rx.iov.iov_base
+            bid = flags >> IORING_CQE_BUFFER_SHIFT
+            ring.taken()
+            data = ring.buf(bid)
             try:
                 if ep.flags & EP_RELEASING:
                     pass
@@ -1128,13 +1167,12 @@ cdef class UringDriver(Driver):
                 else:
                     self.keep(ep, PyBytes_FromStringAndSize(data, res))
             finally:
-                if flags & IORING_CQE_F_BUFFER:
-                    self.rbufs.give_back(bid)
-            if flags & IORING_CQE_F_BUFFER:
-                if <unsigned int>res == self.buf_size and not ep.armed & ARM_BULK:
+                ring.give_back(bid)
+            if not ep.armed & ARM_BULK:
+                if <unsigned int>res == self.buf_size:
                     ep.armed |= ARM_BULK
                     self.counters['bulk_switches'] += 1
-                    if more and not ep.armed & ARM_RECV_CANCEL:
+                    if more:
                         self.cancel_op(ep, OP_RECV)     # re-armed as bulk
             elif <unsigned int>res <= self.buf_size:
                 quiet = ((ep.armed & ARM_QUIET_MASK) >> ARM_QUIET_SHIFT) + 1
@@ -1142,13 +1180,13 @@ cdef class UringDriver(Driver):
                 if quiet < BULK_QUIET_RECVS:
                     ep.armed |= quiet << ARM_QUIET_SHIFT
                 else:
-                    ep.armed &= ~ARM_BULK           # back to the ring
-                    del self.rx[ep]
+                    ep.armed &= ~ARM_BULK           # back to the shared ring
+                    if more:
+                        self.cancel_op(ep, OP_RECV)
             else:
                 ep.armed &= ~ARM_QUIET_MASK
             if not more and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
-                if flags & IORING_CQE_F_BUFFER:
-                    self.counters['multishot_rearms'] += 1
+                self.counters['multishot_rearms'] += 1
                 self.arm_recv(ep)
             return 0
         if ep.flags & EP_RELEASING:
@@ -1163,10 +1201,12 @@ cdef class UringDriver(Driver):
                 self.defer(ep)
             return 0
         if res == -ENOBUFS or res == -ECANCELED or res == -EINTR:
-            # Ring ran dry (the buffers are back once this batch is handed
-            # on), or a pause cancelled it: go on if we still read.
+            # The ring ran dry (the buffers are back once this batch is
+            # handed on, and it offers more from now on), or a pause or a
+            # switch cancelled it: go on if we still read.
             if res == -ENOBUFS:
                 self.counters['enobufs'] += 1
+                ring.ran_dry()
             if not more and ep.flags & EP_READING:
                 self.counters['multishot_rearms'] += 1
                 self.arm_recv(ep)
@@ -1220,6 +1260,12 @@ cdef class UringDriver(Driver):
                 self.arm_recv(ep)
         return 0
 
+    cdef BufferRing bulk_buffers(self):
+        if self.bulkbufs is None:
+            self.bulkbufs = BufferRing.new(&self.ring, BULK_BUF_COUNT,
+                                           BULK_BUF_SIZE, BULK_GROUP)
+        return self.bulkbufs
+
     cdef BufferRing datagram_buffers(self):
         if self.dbufs is None:
             self.dbufs = BufferRing.new(&self.ring, DGRAM_BUF_COUNT,
@@ -1238,6 +1284,7 @@ cdef class UringDriver(Driver):
             ep.armed &= ~(ARM_RECV | ARM_RECV_CANCEL)
         if flags & IORING_CQE_F_BUFFER:
             bid = flags >> IORING_CQE_BUFFER_SHIFT
+            self.dbufs.taken()
             buf = self.dbufs.buf(bid)
             try:
                 out = io_uring_recvmsg_validate(buf, res, &rx.msg)
@@ -1258,6 +1305,7 @@ cdef class UringDriver(Driver):
         elif res < 0 and not ep.flags & EP_RELEASING:
             if res == -ENOBUFS:
                 self.counters['enobufs'] += 1
+                self.dbufs.ran_dry()
             elif res != -ECANCELED and res != -EINTR:
                 # ICMP errors and the like: reported, reading goes on.
                 ep.on_read_error(-res)
