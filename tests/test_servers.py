@@ -284,7 +284,9 @@ NO_RESPONSE = (http.client.RemoteDisconnected, ConnectionResetError)
 class Client(threading.Thread):
     """Requests one after another, each on a new connection, until told to
     stop.  A request whose connection was closed before any response is
-    retried once; a request that still fails is lost."""
+    retried (at most 3 times: with --reuse-port, a worker that stops listening
+    resets what waits in its own accept queue, and a retry can meet the next
+    worker doing the same); a request that still fails is lost."""
 
     def __init__(self, port, path="/info"):
         super().__init__(daemon=True)
@@ -297,11 +299,12 @@ class Client(threading.Thread):
         self.failures = []
 
     def one(self):
-        try:
-            return get(self.port, self.path)
-        except NO_RESPONSE:
-            self.retried += 1
-            return get(self.port, self.path)
+        for _ in range(3):
+            try:
+                return get(self.port, self.path)
+            except NO_RESPONSE:
+                self.retried += 1
+        return get(self.port, self.path)
 
     def run(self):
         while not self.stopping.is_set():
