@@ -5,8 +5,10 @@ import ssl
 
 import pytest
 
-from _helpers import (EchoProtocol, RecordingProtocol, abstract_name,
-                      make_self_signed_cert, payload, sha)
+from helpers.addresses import abstract_name
+from helpers.certs import make_self_signed_cert
+from helpers.data import payload, sha
+from helpers.protocols import EchoProtocol, RecordingProtocol
 
 
 @pytest.fixture(scope="module")
