@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from _helpers import BACKENDS, run_coro
+from helpers.loops import BACKENDS, run_coro
 
 
 def pytest_configure(config):

@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from _helpers import run_coro
+from helpers.loops import run_coro
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from _helpers import EchoProtocol, RecordingProtocol, StreamPair
+from helpers.protocols import EchoProtocol, RecordingProtocol
+from helpers.streams import StreamPair
 
 
 def _limit_leaving_free_slots(n):

@@ -5,8 +5,10 @@ import socket
 
 import pytest
 
-from _helpers import (STREAM_KINDS, RecordingProtocol, StreamPair, payload,
-                      sha, small_buffer_client, small_buffer_listener)
+from helpers.data import payload, sha
+from helpers.protocols import RecordingProtocol
+from helpers.streams import (STREAM_KINDS, StreamPair, small_buffer_client,
+                             small_buffer_listener)
 
 
 @pytest.fixture(params=STREAM_KINDS)
@@ -215,7 +217,7 @@ def test_stream_writer_drain_waits_for_peer(loop, run, kind):
             r, w = await asyncio.open_connection(
                 *server.sockets[0].getsockname())
         else:
-            from _helpers import abstract_name
+            from helpers.addresses import abstract_name
             name = abstract_name("drain")
             server = await asyncio.start_unix_server(handle, name)
             r, w = await asyncio.open_unix_connection(name)
@@ -241,7 +243,7 @@ def test_stream_writer_drain_waits_for_peer(loop, run, kind):
 def test_write_buffer_limits_take_any_real_numbers(loop, run):
     """set_write_buffer_limits() takes the numbers asyncio takes (floats
     among them) and reports them as given."""
-    from _helpers import StreamPair
+    from helpers.streams import StreamPair
 
     async def main():
         async with StreamPair(loop, "unix") as p:

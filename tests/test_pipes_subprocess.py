@@ -10,7 +10,8 @@ import tty
 
 import pytest
 
-from _helpers import RecordingProtocol, payload, sha
+from helpers.data import payload, sha
+from helpers.protocols import RecordingProtocol
 
 
 # ---------------------------------------------------------------------------

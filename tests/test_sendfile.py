@@ -5,8 +5,9 @@ import socket
 
 import pytest
 
-from _helpers import (STREAM_KINDS, RecordingProtocol, StreamPair, payload,
-                      sha)
+from helpers.data import payload, sha
+from helpers.protocols import RecordingProtocol
+from helpers.streams import STREAM_KINDS, StreamPair
 
 DATA = payload(3 * 1024 * 1024 + 123, seed=51)
 
@@ -376,7 +377,7 @@ def test_sendfile_fallback_reads_from_offset_zero(loop, run, request):
     """offset=0 means the start of the file, wherever its position is
     (CPython 3.11-3.13 sent from the current position; gh-150107)."""
     from asyncio import base_events
-    from _helpers import asyncio_source_has, stock_asyncio_differs
+    from helpers.loops import asyncio_source_has, stock_asyncio_differs
     stock_asyncio_differs(request, when=asyncio_source_has(
         base_events.BaseEventLoop._sock_sendfile_fallback, "if offset:"),
         reason="asyncio's sendfile fallbacks seek only for a true offset "

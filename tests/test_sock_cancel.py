@@ -15,8 +15,8 @@ import warnings
 
 import pytest
 
-from _helpers import (EchoProtocol, RecordingProtocol, run_coro,
-                      stock_asyncio_differs)
+from helpers.loops import run_coro, stock_asyncio_differs
+from helpers.protocols import EchoProtocol, RecordingProtocol
 
 
 def _pair(type=socket.SOCK_STREAM):

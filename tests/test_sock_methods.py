@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from _helpers import HAS_IPV6, payload, sha
+from helpers.addresses import HAS_IPV6
+from helpers.data import payload, sha
 
 
 def _tcp_listener(family=socket.AF_INET, host="127.0.0.1"):

@@ -7,7 +7,7 @@ import pytest
 
 sockaddr = pytest.importorskip("fastsock.sockaddr")
 
-from _helpers import HAS_IPV6
+from helpers.addresses import HAS_IPV6
 
 
 def _kernel_view(family, type, address):

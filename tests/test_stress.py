@@ -8,7 +8,9 @@ import resource
 
 import pytest
 
-from _helpers import EchoProtocol, RecordingProtocol, abstract_name, payload
+from helpers.addresses import abstract_name
+from helpers.data import payload
+from helpers.protocols import EchoProtocol, RecordingProtocol
 
 
 def _need_fds(n):

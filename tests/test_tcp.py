@@ -7,7 +7,8 @@ import socket
 
 import pytest
 
-from _helpers import HAS_IPV6, EchoProtocol, RecordingProtocol
+from helpers.addresses import HAS_IPV6
+from helpers.protocols import EchoProtocol, RecordingProtocol
 
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
 
@@ -528,7 +529,7 @@ def test_nodelay_on_every_tcp_stream(loop, run, request):
     """TCP_NODELAY is on for every TCP transport, also one made from a
     socket created with proto 0 (socket.socket(), uvicorn's worker
     sockets), which asyncio leaves with Nagle's algorithm on."""
-    from _helpers import stock_asyncio_differs
+    from helpers.loops import stock_asyncio_differs
     stock_asyncio_differs(request, reason=(
         "asyncio sets TCP_NODELAY only when sock.proto is IPPROTO_TCP"))
 

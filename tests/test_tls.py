@@ -5,16 +5,15 @@ import ssl
 
 import pytest
 
-from _helpers import (EchoProtocol, RecordingProtocol, abstract_name,
-                      make_self_signed_cert, payload, sha)
+from helpers.addresses import abstract_name
+from helpers.certs import LOCALHOST_CERT, LOCALHOST_KEY
+from helpers.data import payload, sha
+from helpers.protocols import EchoProtocol, RecordingProtocol
 
 
 @pytest.fixture(scope="module")
 def certs():
-    try:
-        return make_self_signed_cert("localhost")
-    except RuntimeError as exc:
-        pytest.skip(str(exc))
+    return LOCALHOST_CERT, LOCALHOST_KEY
 
 
 @pytest.fixture

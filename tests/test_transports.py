@@ -6,8 +6,10 @@ import socket
 
 import pytest
 
-from _helpers import (STREAM_KINDS, RecordingProtocol, StreamPair, payload,
-                      sha, stock_asyncio_differs)
+from helpers.data import payload, sha
+from helpers.loops import stock_asyncio_differs
+from helpers.protocols import RecordingProtocol
+from helpers.streams import STREAM_KINDS, StreamPair
 
 
 @pytest.fixture(params=STREAM_KINDS)
@@ -587,7 +589,7 @@ def test_large_transfer_both_ways(loop, run, kind):
 
 @pytest.mark.timeout(60)
 def test_many_concurrent_connections(loop, run, kind):
-    from _helpers import abstract_name
+    from helpers.addresses import abstract_name
     n = 200
 
     async def handle(reader, writer):

@@ -6,8 +6,8 @@ import socket
 
 import pytest
 
-from _helpers import (HAS_IPV6, abstract_name, asyncio_source_has,
-                      stock_asyncio_differs)
+from helpers.addresses import HAS_IPV6, abstract_name
+from helpers.loops import asyncio_source_has, stock_asyncio_differs
 
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
 

@@ -10,7 +10,8 @@ import stat
 
 import pytest
 
-from _helpers import EchoProtocol, RecordingProtocol, abstract_name
+from helpers.addresses import abstract_name
+from helpers.protocols import EchoProtocol, RecordingProtocol
 
 
 async def unix_roundtrip(loop, path, msg=b"ping"):

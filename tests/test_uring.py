@@ -16,7 +16,8 @@ import threading
 
 import pytest
 
-from _helpers import payload, run_coro, sha
+from helpers.data import payload, sha
+from helpers.loops import run_coro
 
 fastsock = pytest.importorskip("fastsock")
 if not fastsock.backends()["uring"].available:

@@ -11,7 +11,9 @@ import socket
 
 import pytest
 
-from _helpers import StreamPair, payload, sha, stock_asyncio_differs
+from helpers.data import payload, sha
+from helpers.loops import stock_asyncio_differs
+from helpers.streams import StreamPair
 
 MiB = 1024 * 1024
 
