@@ -112,7 +112,8 @@ cdef class Endpoint:
         uint32_t flags
         Driver driver
         # driver-private
-        uint32_t armed          # operations or interest armed in the kernel
+        uint32_t armed          # io_uring: operations in flight (ARM_* bits)
+        uint32_t interest       # epoll: the events registered (EPOLLIN...)
         int inflight            # io_uring: operations whose last CQE is due
         int sends_inflight      # io_uring: datagram sends of this chain
         uint64_t key            # epoll: the name the kernel knows it by
@@ -147,7 +148,7 @@ cdef class Driver:
     cdef:
         readonly str name
         object loop             # the loop whose callbacks the events run
-        object pending_exc      # first exception an on_* call let through
+        object recorded_error   # first exception an on_* call let through
         readonly dict endpoints # fd -> Endpoint added: keeps them alive
         int reserve_fd          # spare fd given up to survive EMFILE
         # loop-wide counters (transports keep their own as well)
@@ -192,5 +193,5 @@ cdef class Driver:
     # Helpers for subclasses.
     cdef bint accept_emfile(self, Endpoint ep) except -1
     cdef int reset_stream(self, Endpoint ep) except -1
-    cdef int dispatch_error(self, object exc) except -1
-    cdef int check_pending(self) except -1
+    cdef int record_error(self, object exc) except -1
+    cdef int raise_recorded_error(self) except -1

@@ -287,18 +287,18 @@ cdef class Driver:
         connect(ep.fd, &addr, sizeof(addr))
         return 0
 
-    cdef int dispatch_error(self, object exc) except -1:
+    cdef int record_error(self, object exc) except -1:
         # An on_* call let an exception through (only BaseExceptions that
         # transports do not handle themselves, e.g. KeyboardInterrupt). The
         # driver finishes its batch so no event is lost; poll() raises it
-        # at the end (check_pending).
-        if self.pending_exc is None:
-            self.pending_exc = exc
+        # at the end (raise_recorded_error()).
+        if self.recorded_error is None:
+            self.recorded_error = exc
         return 0
 
-    cdef int check_pending(self) except -1:
-        exc = self.pending_exc
+    cdef int raise_recorded_error(self) except -1:
+        exc = self.recorded_error
         if exc is not None:
-            self.pending_exc = None
+            self.recorded_error = None
             raise exc
         return 0

@@ -9,7 +9,7 @@ cdef class SplicePipe:
         int rfd
         int wfd
         Py_ssize_t size
-        Py_ssize_t pending          # bytes in the pipe, not yet sent
+        Py_ssize_t filled           # bytes in the pipe, not yet sent
 
 
 cdef class UringDriver(Driver):
@@ -26,9 +26,9 @@ cdef class UringDriver(Driver):
         BufferRing bulkbufs         # made on first use (recv_done)
         unsigned int buf_count
         unsigned int buf_size
-        dict stash                  # Endpoint -> [bytes, (bytes, name), None
+        dict parked                 # Endpoint -> [bytes, (bytes, name), None
                                     # (EOF)] read while the owner was not
-        list deferred               # endpoints with stash to deliver
+        list deferred               # endpoints with parked data to deliver
         dict rx                     # Endpoint -> Request: the msghdr and
                                     # buffer it reads into, for a datagram
                                     # socket or a bulk stream
@@ -78,5 +78,5 @@ cdef class UringDriver(Driver):
     cdef BufferRing datagram_buffers(self)
     cdef BufferRing bulk_buffers(self)
     cdef SplicePipe pipe_for(self, Endpoint ep)
-    cdef int keep(self, Endpoint ep, object chunk) except -1
-    cdef int deliver_stash(self, Endpoint ep) except -1
+    cdef int park(self, Endpoint ep, object chunk) except -1
+    cdef int deliver_parked(self, Endpoint ep) except -1

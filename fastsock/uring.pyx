@@ -129,7 +129,7 @@ cdef class UringDriver(Driver):
         self.name = "uring"
         self.loop = loop
         self.endpoints = {}
-        self.stash = {}
+        self.parked = {}
         self.deferred = []
         self.rx = {}
         self.pipes = {}
@@ -230,7 +230,7 @@ cdef class UringDriver(Driver):
         self.endpoints.clear()
         self.releasing.clear()
         self.requests.clear()
-        self.stash.clear()
+        self.parked.clear()
         self.deferred.clear()
         self.rx.clear()
         self.pipes.clear()
@@ -322,7 +322,7 @@ cdef class UringDriver(Driver):
         if ep.flags & (EP_READING | EP_RELEASING):
             return 0
         ep.flags |= EP_READING
-        if ep in self.stash:
+        if ep in self.parked:
             # Bytes that came while paused go first, in the next iteration.
             return self.defer(ep)
         if ep.kind == KIND_LISTENER:
@@ -335,7 +335,7 @@ cdef class UringDriver(Driver):
         ep.flags &= ~EP_READING
         if ep.armed & ARM_RECV:
             # Stop the multishot so the kernel keeps what comes (and applies
-            # backpressure); CQEs already on their way are stashed.
+            # backpressure); CQEs already on their way are parked.
             self.cancel_op(ep, OP_RECV)
             self.counters['recv_cancels'] += 1
         elif ep.armed & ARM_ACCEPT:
@@ -435,11 +435,11 @@ cdef class UringDriver(Driver):
         cdef SplicePipe pipe
         if req.op == REQ_SENDFILE:
             pipe = self.pipe_for(ep)
-            if pipe.pending:
+            if pipe.filled:
                 # File bytes already in the pipe go first.
                 sqe = self.request_sqe(req, STAGE_SPLICE_OUT)
                 io_uring_prep_splice(sqe, pipe.rfd, -1, ep.fd, -1,
-                                     <unsigned>pipe.pending, 0)
+                                     <unsigned>pipe.filled, 0)
             else:
                 sqe = self.request_sqe(req, STAGE_SPLICE_IN)
                 io_uring_prep_splice(
@@ -504,7 +504,7 @@ cdef class UringDriver(Driver):
                 req.consume(res)
                 if stage == STAGE_SPLICE_OUT:
                     pipe = self.pipes[ep]
-                    pipe.pending -= res
+                    pipe.filled -= res
             if req.cancelled:
                 return self.finish_send(ep, req, -ECANCELED)
             if stage == STAGE_WAIT_OUT:
@@ -512,7 +512,7 @@ cdef class UringDriver(Driver):
             if stage == STAGE_SPLICE_IN:
                 if res > 0:
                     pipe = self.pipes[ep]
-                    pipe.pending = res
+                    pipe.filled = res
                     return self.send_step(ep, req)
                 if res == 0:
                     return self.finish_send(ep, req, req.done)  # file ended
@@ -548,7 +548,7 @@ cdef class UringDriver(Driver):
             # File bytes a cancelled or failed transfer left in the pipe
             # are not part of the stream: a fresh pipe for the next one.
             pipe = self.pipes.get(ep)
-            if pipe is not None and pipe.pending:
+            if pipe is not None and pipe.filled:
                 del self.pipes[ep]
         if not req.notices_due:
             self.requests.discard(req)
@@ -754,7 +754,7 @@ cdef class UringDriver(Driver):
         ep.flags &= ~EP_READING
         ep.send_queue = None        # in-flight sends are in `requests`
         ep.sending = None
-        self.stash.pop(ep, None)
+        self.parked.pop(ep, None)
         if self.endpoints.get(ep.fd) is ep:
             del self.endpoints[ep.fd]
         if ep.inflight == 0 or self.closed:
@@ -827,7 +827,7 @@ cdef class UringDriver(Driver):
         self.reap()
         if todo:
             self.run_deferred(todo)
-        return self.check_pending()
+        return self.raise_recorded_error()
 
     cdef int reap(self) except -1:
         cdef Ring ring = self.ring
@@ -843,7 +843,7 @@ cdef class UringDriver(Driver):
                     self.complete(ring.cqe_ud[i], ring.cqe_res[i],
                                   ring.cqe_flags[i])
                 except BaseException as exc:
-                    self.dispatch_error(exc)
+                    self.record_error(exc)
         return 0
 
     cdef int complete(self, uint64_t ud, int res, uint32_t flags) except -1:
@@ -909,10 +909,10 @@ cdef class UringDriver(Driver):
             try:
                 if ep.flags & EP_RELEASING:
                     pass
-                elif ep.flags & EP_READING and not (self.stash and ep in self.stash):
+                elif ep.flags & EP_READING and not (self.parked and ep in self.parked):
                     ep.on_data(data, res)
                 else:
-                    self.keep(ep, PyBytes_FromStringAndSize(data, res))
+                    self.park(ep, PyBytes_FromStringAndSize(data, res))
             finally:
                 ring.give_back(bid)
             if not ep.armed & ARM_BULK:
@@ -943,7 +943,7 @@ cdef class UringDriver(Driver):
             # one that delivered the data it came with: a readiness loop
             # finds such a FIN on its next read (asyncio's callback order;
             # CPython's TLS tests depend on it).
-            self.keep(ep, None)
+            self.park(ep, None)
             if ep.flags & EP_READING:
                 self.defer(ep)
             return 0
@@ -963,10 +963,10 @@ cdef class UringDriver(Driver):
             return ep.on_read_error(-res)
         return 0
 
-    cdef int keep(self, Endpoint ep, object chunk) except -1:
+    cdef int park(self, Endpoint ep, object chunk) except -1:
         # Read while the owner was not reading (or EOF: None): delivered by
-        # deliver_stash() once it reads again, in order.
-        self.stash.setdefault(ep, []).append(chunk)
+        # deliver_parked() once it reads again, in order.
+        self.parked.setdefault(ep, []).append(chunk)
         return 0
 
     cdef int defer(self, Endpoint ep) except -1:
@@ -980,20 +980,20 @@ cdef class UringDriver(Driver):
         for ep in todo:
             ep.flags &= ~EP_DEFERRED
             try:
-                self.deliver_stash(ep)
+                self.deliver_parked(ep)
             except BaseException as exc:
-                self.dispatch_error(exc)
+                self.record_error(exc)
         return 0
 
-    cdef int deliver_stash(self, Endpoint ep) except -1:
-        cdef list chunks = self.stash.get(ep)
+    cdef int deliver_parked(self, Endpoint ep) except -1:
+        cdef list chunks = self.parked.get(ep)
         if chunks is None:
             return 0
         while chunks and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
             chunk = chunks.pop(0)
             if chunk is None:
                 ep.flags &= ~EP_READING
-                del self.stash[ep]
+                del self.parked[ep]
                 return ep.on_eof()
             if type(chunk) is tuple:        # a datagram and its sender
                 data, name = chunk
@@ -1002,7 +1002,7 @@ cdef class UringDriver(Driver):
             else:
                 ep.on_data(PyBytes_AS_STRING(chunk), len(chunk))
         if not chunks:
-            self.stash.pop(ep, None)
+            self.parked.pop(ep, None)
             if ep.flags & EP_READING and not ep.flags & EP_RELEASING:
                 self.arm_recv(ep)
         return 0
@@ -1039,13 +1039,13 @@ cdef class UringDriver(Driver):
                     namelen = min(out.namelen, rx.msg.msg_namelen)
                     payload = <char *>io_uring_recvmsg_payload(out, &rx.msg)
                     size = io_uring_recvmsg_payload_length(out, res, &rx.msg)
-                    if ep.flags & EP_READING and not (self.stash and ep in self.stash):
+                    if ep.flags & EP_READING and not (self.parked and ep in self.parked):
                         ep.on_datagram(payload, size,
                                        <sockaddr *>io_uring_recvmsg_name(out),
                                        namelen)
                     else:
                         # Came while paused: delivered on resume, in order.
-                        self.keep(ep, (payload[:size],
+                        self.park(ep, (payload[:size],
                                        (<char *>io_uring_recvmsg_name(out))[:namelen]))
             finally:
                 self.dbufs.give_back(bid)
