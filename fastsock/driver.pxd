@@ -186,9 +186,10 @@ cdef class Driver:
     # operation holds a listening socket open after that.
     cdef int release(self, Endpoint ep) except -1
     # Completion drivers also take sock_* operations as Requests, from
-    # Python (sock_methods.py): submit_request(req, callback, flags) runs
-    # callback(req, res) once (res: bytes, an fd, 0 or -errno), and
-    # cancel_request(req) asks the kernel to stop it.
+    # Python (sock_methods.py): def submit_request(req, callback, flags)
+    # runs callback(req, res) once (res: bytes, an fd, 0 or -errno), and
+    # def cancel_request(req) asks the kernel to stop it. The base class's
+    # versions raise TypeError (a readiness driver has none).
 
     # Helpers for subclasses.
     cdef bint accept_emfile(self, Endpoint ep) except -1

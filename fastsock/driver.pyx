@@ -302,3 +302,20 @@ cdef class Driver:
             self.recorded_error = None
             raise exc
         return 0
+
+    # -- completion requests (sock_methods.CompletionSockMethods) -------------
+
+    def submit_request(self, Request req not None, callback, int flags=0):
+        """Start `req` in the kernel; callback(req, res) runs once, from the
+        loop, with res as the syscall returns it (bytes moved, an fd, 0) or
+        -errno (-ECANCELED once cancelled). `flags`: MSG_* for sends and
+        receives. Completion drivers only: a readiness driver has no
+        kernel operation to submit, and raises TypeError."""
+        raise TypeError(f"the {self.name} driver is a readiness driver: "
+                        "sock_* operations wait for readiness instead")
+
+    def cancel_request(self, Request req not None):
+        """Ask the kernel to stop `req`; its callback still runs once (with
+        -ECANCELED, or what completed first). Completion drivers only."""
+        raise TypeError(f"the {self.name} driver is a readiness driver: "
+                        "it has no requests to cancel")
