@@ -14,7 +14,7 @@ $(error PYTHON=$(PYTHON) does not run)
 endif
 VENV   ?= .venv-$(PYVER)
 PY     := $(VENV)/bin/python
-PYX    := $(wildcard fastsock/*.pyx fastsock/*.pxd fastsock/*.pxi csrc/*.h csrc/*.c)
+PYX    := $(wildcard fastsock/*.pyx fastsock/*.pxd fastsock/endpoints/*.pxi fastsock/csrc/*.h fastsock/csrc/*.c)
 
 .PHONY: all system venv build test test-loop bench bench-suite wheel clean
 

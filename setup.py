@@ -10,7 +10,10 @@ import sys
 
 from setuptools import Extension, setup
 
-MODULES = ["handles", "sockaddr", "driver", "epoll", "uring", "loop", "transports"]
+MODULES = ["handles", "sockaddr", "driver", "epoll", "ring", "probe", "uring",
+           "loop", "transports"]
+# C helpers compiled into a module besides its .pyx
+C_SOURCES = {"ring": ["fastsock/csrc/common.c"]}
 
 
 def pkg_config(*args):
@@ -49,13 +52,14 @@ def extensions():
     exts = [
         Extension(
             f"fastsock.{name}",
-            [f"fastsock/{name}.pyx"],
-            include_dirs=["csrc", *include_dirs],
+            [f"fastsock/{name}.pyx", *C_SOURCES.get(name, [])],
+            include_dirs=["fastsock/csrc", *include_dirs],
             extra_objects=objects,
             extra_compile_args=["-O2", "-fno-strict-aliasing"],
             define_macros=[("_GNU_SOURCE", "1"),
                            ("FASTSOCK_LIBURING_VERSION", f'"{version}"'),
                            ("FASTSOCK_LIBURING_MAJOR", str(major)),
+                           ("HAVE_LIBURING", "1"),
                            ("FASTSOCK_LIBURING_MINOR", str(minor))],
         )
         for name in MODULES

@@ -112,7 +112,8 @@ cdef class Endpoint:
         uint32_t flags
         Driver driver
         # driver-private
-        uint32_t armed          # operations or interest armed in the kernel
+        uint32_t armed          # io_uring: operations in flight (ARM_* bits)
+        uint32_t interest       # epoll: the events registered (EPOLLIN...)
         int inflight            # io_uring: operations whose last CQE is due
         int sends_inflight      # io_uring: datagram sends of this chain
         uint64_t key            # epoll: the name the kernel knows it by
@@ -147,7 +148,7 @@ cdef class Driver:
     cdef:
         readonly str name
         object loop             # the loop whose callbacks the events run
-        object pending_exc      # first exception an on_* call let through
+        object recorded_error   # first exception an on_* call let through
         readonly dict endpoints # fd -> Endpoint added: keeps them alive
         int reserve_fd          # spare fd given up to survive EMFILE
         # loop-wide counters (transports keep their own as well)
@@ -185,12 +186,13 @@ cdef class Driver:
     # operation holds a listening socket open after that.
     cdef int release(self, Endpoint ep) except -1
     # Completion drivers also take sock_* operations as Requests, from
-    # Python (sock_methods.py): submit_request(req, callback, flags) runs
-    # callback(req, res) once (res: bytes, an fd, 0 or -errno), and
-    # cancel_request(req) asks the kernel to stop it.
+    # Python (sock_methods.py): def submit_request(req, callback, flags)
+    # runs callback(req, res) once (res: bytes, an fd, 0 or -errno), and
+    # def cancel_request(req) asks the kernel to stop it. The base class's
+    # versions raise TypeError (a readiness driver has none).
 
     # Helpers for subclasses.
     cdef bint accept_emfile(self, Endpoint ep) except -1
     cdef int reset_stream(self, Endpoint ep) except -1
-    cdef int dispatch_error(self, object exc) except -1
-    cdef int check_pending(self) except -1
+    cdef int record_error(self, object exc) except -1
+    cdef int raise_recorded_error(self) except -1

@@ -287,18 +287,35 @@ cdef class Driver:
         connect(ep.fd, &addr, sizeof(addr))
         return 0
 
-    cdef int dispatch_error(self, object exc) except -1:
+    cdef int record_error(self, object exc) except -1:
         # An on_* call let an exception through (only BaseExceptions that
         # transports do not handle themselves, e.g. KeyboardInterrupt). The
         # driver finishes its batch so no event is lost; poll() raises it
-        # at the end (check_pending).
-        if self.pending_exc is None:
-            self.pending_exc = exc
+        # at the end (raise_recorded_error()).
+        if self.recorded_error is None:
+            self.recorded_error = exc
         return 0
 
-    cdef int check_pending(self) except -1:
-        exc = self.pending_exc
+    cdef int raise_recorded_error(self) except -1:
+        exc = self.recorded_error
         if exc is not None:
-            self.pending_exc = None
+            self.recorded_error = None
             raise exc
         return 0
+
+    # -- completion requests (sock_methods.CompletionSockMethods) -------------
+
+    def submit_request(self, Request req not None, callback, int flags=0):
+        """Start `req` in the kernel; callback(req, res) runs once, from the
+        loop, with res as the syscall returns it (bytes moved, an fd, 0) or
+        -errno (-ECANCELED once cancelled). `flags`: MSG_* for sends and
+        receives. Completion drivers only: a readiness driver has no
+        kernel operation to submit, and raises TypeError."""
+        raise TypeError(f"the {self.name} driver is a readiness driver: "
+                        "sock_* operations wait for readiness instead")
+
+    def cancel_request(self, Request req not None):
+        """Ask the kernel to stop `req`; its callback still runs once (with
+        -ECANCELED, or what completed first). Completion drivers only."""
+        raise TypeError(f"the {self.name} driver is a readiness driver: "
+                        "it has no requests to cancel")

@@ -26,7 +26,7 @@ cdef class EpollDriver(Driver):
         uint32_t generation
         list deferred           # endpoints owed a read/accept round
         list rearm              # one-shot watchers to re-arm before waiting
-        set zc_waiting          # released, zero-copy notices still due
+        set awaiting_notices          # released, zero-copy notices still due
         char *rbuf
         Py_ssize_t rbuf_size
         epoll_event events[EPOLL_MAX_EVENTS]

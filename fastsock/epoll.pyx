@@ -52,7 +52,7 @@ cdef class EpollDriver(Driver):
         self.free_slots = []
         self.deferred = []
         self.rearm = []
-        self.zc_waiting = set()
+        self.awaiting_notices = set()
         self.epfd = self.wakefd = self.reserve_fd = -1
         self.rbuf_size = READ_BUFFER_SIZE
         self.rbuf = <char *>malloc(self.rbuf_size)
@@ -87,7 +87,7 @@ cdef class EpollDriver(Driver):
         # kernel lets go of the pages now; whatever it still holds after
         # that keeps its objects forever rather than risk the kernel
         # reading freed memory.
-        for ep in list(self.zc_waiting) + list(self.endpoints.values()):
+        for ep in list(self.awaiting_notices) + list(self.endpoints.values()):
             if ep.zc is not None and (<ZeroCopyState>ep.zc).in_flight:
                 self.reset_stream(ep)
                 self.read_zc_notices(ep)
@@ -98,7 +98,7 @@ cdef class EpollDriver(Driver):
             if fd >= 0:
                 close(fd)
         self.epfd = self.wakefd = self.reserve_fd = -1
-        self.zc_waiting.clear()
+        self.awaiting_notices.clear()
         self.endpoints.clear()
         self.deferred.clear()
         self.rearm.clear()
@@ -123,7 +123,7 @@ cdef class EpollDriver(Driver):
                 # reopened: the kernel dropped the old registration.
                 return self.ctl(EPOLL_CTL_ADD, ep, events)
             raise OSError(errno, f"epoll_ctl on fd {ep.fd} failed")
-        ep.armed = events
+        ep.interest = events
         return 0
 
     cdef int attach(self, Endpoint ep) except -1:
@@ -200,14 +200,14 @@ cdef class EpollDriver(Driver):
         return 0
 
     cdef int set_out(self, Endpoint ep, bint on) except -1:
-        cdef unsigned int events = ep.armed
+        cdef unsigned int events = ep.interest
         if ep.flags & EP_RELEASING:
             return 0            # no longer registered: never re-add it
         if on:
             events |= EPOLLOUT
         else:
             events &= ~EPOLLOUT
-        if events != ep.armed:
+        if events != ep.interest:
             self.ctl(EPOLL_CTL_MOD, ep, events)
         return 0
 
@@ -227,7 +227,7 @@ cdef class EpollDriver(Driver):
             want |= EPOLLOUT
         if want:
             want |= EPOLLONESHOT
-        if want != ep.armed:
+        if want != ep.interest:
             self.ctl(EPOLL_CTL_MOD, ep, want)
         return 0
 
@@ -408,7 +408,7 @@ cdef class EpollDriver(Driver):
 
     cdef int finish_release(self, Endpoint ep) except -1:
         self.unregister(ep)
-        self.zc_waiting.discard(ep)
+        self.awaiting_notices.discard(ep)
         ep.flags |= EP_RELEASED
         return ep.on_released()
 
@@ -440,7 +440,7 @@ cdef class EpollDriver(Driver):
             # A graceful close: the peer still receives what pinned pages of
             # zero-copy sends hold, so keep the fd and the objects until the
             # error queue releases them; only EPOLLERR is wanted now.
-            self.zc_waiting.add(ep)
+            self.awaiting_notices.add(ep)
             self.ctl(EPOLL_CTL_MOD, ep, EPOLLET)
             return 0
         return self.finish_release(ep)
@@ -463,8 +463,8 @@ cdef class EpollDriver(Driver):
             # another event, as level-triggered.
             rearm, self.rearm = self.rearm, []
             for ep in rearm:
-                if ep.key and ep.armed and not ep.flags & EP_RELEASING:
-                    self.ctl(EPOLL_CTL_MOD, ep, ep.armed)
+                if ep.key and ep.interest and not ep.flags & EP_RELEASING:
+                    self.ctl(EPOLL_CTL_MOD, ep, ep.interest)
         with nogil:
             n = epoll_wait(self.epfd, self.events, EPOLL_MAX_EVENTS,
                            <int>timeout_ms)
@@ -491,10 +491,10 @@ cdef class EpollDriver(Driver):
                 if not ep.flags & EP_RELEASING:
                     self.handle(ep, self.events[i].events)
             except BaseException as exc:
-                self.dispatch_error(exc)
+                self.record_error(exc)
         if todo:
             self.run_deferred(todo)
-        return self.check_pending()
+        return self.raise_recorded_error()
 
     cdef int run_deferred(self, list todo) except -1:
         cdef Endpoint ep
@@ -511,7 +511,7 @@ cdef class EpollDriver(Driver):
                 elif ep.kind == KIND_DATAGRAM:
                     self.read_datagrams(ep)
             except BaseException as exc:
-                self.dispatch_error(exc)
+                self.record_error(exc)
         return 0
 
     cdef int handle(self, Endpoint ep, unsigned int ev) except -1:
@@ -528,7 +528,7 @@ cdef class EpollDriver(Driver):
             if ep.flags & EP_READING and not ep.flags & EP_DEFERRED:
                 self.accept_all(ep)
         elif kind == KIND_DATAGRAM:
-            if ev & (EPOLLOUT | EPOLLERR) and ep.armed & EPOLLOUT:
+            if ev & (EPOLLOUT | EPOLLERR) and ep.interest & EPOLLOUT:
                 self.push_datagrams(ep)
             if ep.flags & EP_READING and not ep.flags & EP_DEFERRED:
                 self.read_datagrams(ep)

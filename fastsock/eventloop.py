@@ -60,9 +60,14 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
         return self._backend
 
     def zerocopy_stats(self):
-        """Loop-wide counters: zero-copy sends and their bytes, sends the
-        kernel copied anyway, bytes sent by loop.sendfile()/sock_sendfile()
-        (transport.zerocopy_stats() has the same per transport)."""
+        """Loop-wide counters since the loop was made, a dict of ints:
+        'zerocopy_sends' (zero-copy send requests: MSG_ZEROCOPY sendmsg
+        calls on epoll, SENDMSG_ZC SQEs on io_uring), 'zerocopy_bytes'
+        (bytes those carried), 'zerocopy_copied' (of those requests, how
+        many the kernel reported it copied anyway, SO_EE_CODE_ZEROCOPY_COPIED
+        / IORING_NOTIF_USAGE_ZC_COPIED), 'sendfile_bytes' (bytes sent by
+        loop.sendfile() and loop.sock_sendfile()).
+        transport.zerocopy_stats() gives the same per transport."""
         d = self.driver
         return {'zerocopy_sends': d.zc_sends, 'zerocopy_bytes': d.zc_bytes,
                 'zerocopy_copied': d.zc_copied,

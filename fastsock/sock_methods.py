@@ -157,11 +157,11 @@ class SockMethods:
 class ReadinessSockMethods(SockMethods):
     """sock_* on a readiness driver: try, then wait for readiness."""
 
-    async def _sock_io(self, sock, want_write, op, try_now=True, keep=None):
+    async def _sock_io(self, sock, want_write, op, try_now=True, as_leftover=None):
         # Try at once (unless the caller just did); if the kernel would
         # block, retry whenever the fd is ready until done. `op` takes no
         # arguments and looks the socket method up on each try, as asyncio
-        # does (a test may swap it while we wait). `keep(result)` turns a
+        # does (a test may swap it while we wait). `as_leftover(result)` turns a
         # result whose caller was cancelled meanwhile into a leftover.
         if try_now:
             try:
@@ -205,10 +205,10 @@ class ReadinessSockMethods(SockMethods):
         except exceptions.CancelledError:
             # The result may have been set in the iteration that cancelled
             # the task: it was taken from the kernel, keep it.
-            if (keep is not None and fut.done() and not fut.cancelled()
+            if (as_leftover is not None and fut.done() and not fut.cancelled()
                     and fut.exception() is None):
                 self._keep_leftover(sock, self._leftovers_of(sock),
-                                    keep(fut.result()))
+                                    as_leftover(fut.result()))
             raise
 
     async def sock_recv(self, sock, n):
@@ -217,7 +217,7 @@ class ReadinessSockMethods(SockMethods):
         if left is not None:
             return left[0]
         return await self._sock_io(sock, False, lambda: sock.recv(n),
-                                   keep=lambda data: (data, None))
+                                   as_leftover=lambda data: (data, None))
 
     async def sock_recv_into(self, sock, buf):
         self._check_sock(sock)
@@ -226,7 +226,7 @@ class ReadinessSockMethods(SockMethods):
             return self._copy_into(buf, left[0])
         return await self._sock_io(
             sock, False, lambda: sock.recv_into(buf),
-            keep=lambda n: (bytes(memoryview(buf).cast('B')[:n]), None))
+            as_leftover=lambda n: (bytes(memoryview(buf).cast('B')[:n]), None))
 
     async def sock_recvfrom(self, sock, bufsize):
         self._check_sock(sock)
@@ -235,7 +235,7 @@ class ReadinessSockMethods(SockMethods):
             return left
         return await self._sock_io(sock, False,
                                    lambda: sock.recvfrom(bufsize),
-                                   keep=lambda res: res)
+                                   as_leftover=lambda res: res)
 
     async def sock_recvfrom_into(self, sock, buf, nbytes=0):
         self._check_sock(sock)
@@ -246,7 +246,7 @@ class ReadinessSockMethods(SockMethods):
             return self._copy_into(buf, left[0]), left[1]
         return await self._sock_io(
             sock, False, lambda: sock.recvfrom_into(buf, nbytes),
-            keep=lambda res: (bytes(memoryview(buf).cast('B')[:res[0]]),
+            as_leftover=lambda res: (bytes(memoryview(buf).cast('B')[:res[0]]),
                               res[1]))
 
     async def sock_sendto(self, sock, data, address):
@@ -279,7 +279,7 @@ class ReadinessSockMethods(SockMethods):
             conn.setblocking(False)
             return conn, address
 
-        return await self._sock_io(sock, False, accept, keep=lambda res: res)
+        return await self._sock_io(sock, False, accept, as_leftover=lambda res: res)
 
     async def sock_connect(self, sock, address):
         self._check_sock(sock)

@@ -4,7 +4,7 @@ from fastsock.loop cimport CoreLoop
 
 cdef class BaseTransport(Endpoint):
     # What stream and datagram transports share: lifecycle and flow control.
-    # Lifecycle: open -> closing (close(): the backlog drains) -> released
+    # Lifecycle: open -> closing (close(): the write buffer drains) -> released
     # (the driver forgot the fd) -> closed (connection_lost ran, fd closed).
     cdef:
         CoreLoop loop
@@ -30,9 +30,9 @@ cdef class BaseTransport(Endpoint):
     cdef int fill_extra(self, bint with_socket) except -1
     cdef object the_socket(self)
     cdef int close_fd(self) except -1
-    cdef Py_ssize_t backlog(self)
-    cdef bint has_backlog(self)
-    cdef int drop_backlog(self, object exc) except -1
+    cdef Py_ssize_t buffered_size(self)
+    cdef bint has_unsent(self)
+    cdef int drop_unsent(self, object exc) except -1
     cdef int begin_release(self, object exc) except -1
     cdef int read_start(self) except -1
     cdef int feed_leftover(self, object item, object addr) except -1
@@ -87,7 +87,8 @@ cdef class StreamTransport(BaseTransport):
         bint eof                    # write_eof() called
         bint buffered               # protocol is a BufferedProtocol
         object data_received        # the protocol's bound method
-        bytes stash                 # read but not delivered (paused)
+        bytes unfed                 # read, not yet fed to a paused
+                                    # BufferedProtocol
         object empty_waiter
         Py_ssize_t zc_threshold     # bytes writes this large go zero-copy
         bint zc_enabled             # off once the kernel copied anyway

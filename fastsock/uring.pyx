@@ -32,51 +32,21 @@
 
 import collections
 import fcntl
-import io
 import os
-import socket
 
-from cpython.exc cimport PyErr_CheckSignals
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING
-from libc.stdint cimport uint32_t, uint64_t, uintptr_t
-from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.stdint cimport uint32_t, uint64_t
 
 from fastsock.driver cimport *
 from fastsock.system cimport *
 from fastsock.liburing cimport *
-
-cdef extern from "<pthread.h>" nogil:
-    unsigned long pthread_self()
-
-cdef extern from "<sys/mman.h>" nogil:
-    void *mmap(void *addr, size_t length, int prot, int flags, int fd,
-               long offset)
-    int munmap(void *addr, size_t length)
-    void *MAP_FAILED
-    enum:
-        PROT_READ
-        PROT_WRITE
-        MAP_PRIVATE
-        MAP_ANONYMOUS
+from fastsock.ring cimport *
+from fastsock.probe import probe, LIBURING_VERSION   # re-exported
 
 cdef extern from "<errno.h>" nogil:
     enum:
-        EBUSY
         EOPNOTSUPP
-
-# Operation tags, stored in the low bits of user_data next to the object's
-# address (objects are 16-byte aligned).
-cdef enum:
-    OP_WAKE = 0         # eventfd poll (no object)
-    OP_RECV = 1         # Endpoint: stream/datagram read
-    OP_ACCEPT = 3       # Endpoint: multishot accept
-    OP_POLL = 4         # Endpoint: watcher poll
-    OP_SEND_POLL = 5    # Endpoint: POLLOUT wait of a datagram chain
-    OP_IGNORE = 6       # cancel requests (no object)
-    OP_REQUEST = 10     # Request (driver.pxd)
-    OP_MASK = 15
 
 # Request.stage: what the kernel does for a Request now.
 cdef enum:
@@ -126,7 +96,6 @@ cdef enum:
     # Bulk streams (see recv_done) read from a ring of large buffers.
     BULK_BUF_COUNT = 128
     BULK_BUF_SIZE = 128 * 1024
-    RING_LEVEL_START = 16              # buffers a ring offers at first
     REAP_ROUNDS = 8
 
 cdef Py_ssize_t ADDR_SPACE = sizeof(sockaddr_storage)
@@ -141,103 +110,6 @@ cdef Py_ssize_t SPLICE_PIPE_SIZE = 1 << 20
 _stranded = []
 
 
-cdef class BufferRing:
-
-    @staticmethod
-    cdef BufferRing new(io_uring *ring, unsigned int count, unsigned int size,
-                        int group):
-        cdef BufferRing self = BufferRing.__new__(BufferRing)
-        cdef io_uring_buf_reg reg
-        cdef unsigned int i
-        cdef int ret
-        self.count = count
-        self.size = size
-        self.group = group
-        self.br_bytes = count * 16      # sizeof(struct io_uring_buf)
-        self.br = <io_uring_buf_ring *>mmap(NULL, self.br_bytes,
-                                            PROT_READ | PROT_WRITE,
-                                            MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-        if <void *>self.br == MAP_FAILED:
-            self.br = NULL
-            raise OSError(errno, "mmap of the buffer ring failed")
-        self.bufs = <char *>malloc(<size_t>count * size)
-        self.free = <unsigned int *>malloc(count * sizeof(unsigned int))
-        if self.bufs == NULL or self.free == NULL:
-            raise MemoryError()
-        memset(&reg, 0, sizeof(reg))
-        reg.ring_addr = <uint64_t><uintptr_t>self.br
-        reg.ring_entries = count
-        reg.bgid = group
-        ret = io_uring_register_buf_ring(ring, &reg, 0)
-        if ret < 0:
-            raise OSError(-ret, "registering the provided-buffer ring failed "
-                          f"(kernel 5.19+ needed): {os.strerror(-ret)}")
-        io_uring_buf_ring_init(self.br)
-        self.mask = io_uring_buf_ring_mask(count)
-        # Every buffer starts free; the lowest numbers go in first.
-        for i in range(count):
-            self.free[i] = count - 1 - i
-        self.nfree = count
-        self.target = min(count, RING_LEVEL_START)
-        self.replenish()
-        return self
-
-    cdef char *buf(self, unsigned int bid):
-        return self.bufs + <size_t>bid * self.size
-
-    cdef int taken(self) except -1:
-        # The kernel filled a buffer (its CQE is being handled).
-        self.in_ring -= 1
-        return 0
-
-    cdef int give_back(self, unsigned int bid) except -1:
-        # Its bytes have been handed on. It waits on top of the free stack:
-        # the next buffers the ring gets are the ones used last, still in
-        # the cache (a ring that cycles through all of them writes each
-        # recv into cold memory: measured, the kernel's copy then costs
-        # twice as much for 64 KiB messages).
-        self.free[self.nfree] = bid
-        self.nfree += 1
-        return 0
-
-    cdef int ran_dry(self) except -1:
-        # ENOBUFS: recvs came faster than the ring's level allowed.
-        self.target = min(self.count, self.target * 2)
-        return 0
-
-    cdef int replenish(self) except -1:
-        # Keep `target` buffers where the kernel can pick them, no more.
-        # With DEFER_TASKRUN the kernel fills buffers only inside
-        # io_uring_enter(): the driver calls this before each wait.
-        cdef unsigned int bid
-        cdef int added = 0
-        while self.in_ring < self.target and self.nfree > 0:
-            self.nfree -= 1
-            bid = self.free[self.nfree]
-            io_uring_buf_ring_add(self.br, self.buf(bid), self.size, bid,
-                                  self.mask, added)
-            added += 1
-            self.in_ring += 1
-        if added:
-            io_uring_buf_ring_advance(self.br, added)
-        return 0
-
-    cdef int strand(self) except -1:
-        # A recv the kernel never completed may still write here: never
-        # free this memory.
-        self.br = NULL
-        self.bufs = NULL
-        return 0
-
-    def __dealloc__(self):
-        if self.br != NULL:
-            munmap(self.br, self.br_bytes)
-        if self.bufs != NULL:
-            free(self.bufs)
-        if self.free != NULL:
-            free(self.free)
-
-
 cdef class SplicePipe:
 
     def __dealloc__(self):
@@ -245,16 +117,6 @@ cdef class SplicePipe:
             close(self.rfd)
             close(self.wfd)
             self.rfd = self.wfd = -1
-
-
-cdef inline uint64_t tag(Endpoint ep, int op):
-    return <uint64_t><uintptr_t><void *>ep | <uint64_t>op
-
-
-cdef inline uint64_t request_tag(Request req) except 0:
-    if <uintptr_t><void *>req & OP_MASK:
-        raise SystemError("request not 16-byte aligned")
-    return <uint64_t><uintptr_t><void *>req | OP_REQUEST
 
 
 cdef class UringDriver(Driver):
@@ -267,22 +129,23 @@ cdef class UringDriver(Driver):
         self.name = "uring"
         self.loop = loop
         self.endpoints = {}
-        self.stash = {}
+        self.parked = {}
         self.deferred = []
         self.rx = {}
         self.pipes = {}
         self.releasing = set()
         self.requests = set()
         self.counters = dict.fromkeys((
-            'multishot_rearms', 'enobufs', 'cq_overflow_flushes',
+            'multishot_rearms', 'enobufs',
             'recv_cancels', 'send_eagain', 'accept_emfile',
             'sock_requests', 'datagram_sends', 'bulk_switches'), 0)
         self.wakefd = self.reserve_fd = self.check_epfd = -1
         self.buf_count = buf_count
         self.buf_size = buf_size
         try:
-            self.setup_ring(entries, cq_entries)
-            self.rbufs = BufferRing.new(&self.ring, buf_count, buf_size,
+            self.ring = Ring.new(entries, cq_entries)
+            self.has_send_zc = self.ring.supports(IORING_OP_SENDMSG_ZC)
+            self.rbufs = BufferRing.new(self.ring, buf_count, buf_size,
                                         STREAM_GROUP)
             self.wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
             if self.wakefd < 0:
@@ -294,45 +157,10 @@ cdef class UringDriver(Driver):
             raise
         return self
 
-    cdef int setup_ring(self, unsigned int entries,
-                        unsigned int cq_entries) except -1:
-        cdef io_uring_params params
-        cdef int ret = -EINVAL
-        cdef unsigned int flags
-        # Best first; each fallback drops what an older kernel refuses.
-        for flags in (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN
-                      | IORING_SETUP_R_DISABLED,
-                      IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
-                      0):
-            memset(&params, 0, sizeof(params))
-            params.flags = flags | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL
-            params.cq_entries = cq_entries
-            ret = io_uring_queue_init_params(entries, &self.ring, &params)
-            if ret != -EINVAL:
-                break
-        if ret < 0:
-            raise OSError(-ret, f"io_uring_setup failed: {os.strerror(-ret)}")
-        self.ring_ok = True
-        self.setup_flags = params.flags
-        cdef io_uring_probe *probe = io_uring_get_probe_ring(&self.ring)
-        if probe != NULL:
-            self.has_send_zc = io_uring_opcode_supported(probe,
-                                                         IORING_OP_SENDMSG_ZC)
-            io_uring_free_probe(probe)
-        self.enabled = not (params.flags & IORING_SETUP_R_DISABLED)
-        if not params.features & IORING_FEAT_NODROP:
-            raise OSError(ENOSYS, "io_uring without IORING_FEAT_NODROP "
-                          "(kernel older than 5.5)")
-        return 0
-
-    def __dealloc__(self):
-        self.free_ring()
-
     cdef free_ring(self):
-        if self.ring_ok:
-            io_uring_queue_exit(&self.ring)
-            self.ring_ok = False
-        # After io_uring_queue_exit: the kernel no longer knows the buffers.
+        if self.ring is not None:
+            self.ring.exit()
+        # After the ring's exit: the kernel no longer knows the buffers.
         self.rbufs = self.dbufs = self.bulkbufs = None
 
     cdef int close(self) except -1:
@@ -343,16 +171,16 @@ cdef class UringDriver(Driver):
         # No kernel operation may outlive the memory it points at. Owners
         # are not called back: the loop is closed, and transports keep
         # owning their sockets, as in asyncio.
-        if self.ring_ok:
+        if self.ring is not None and self.ring.ok:
             busy = self.inflight_endpoints()
             for ep in busy:
                 if not ep.flags & EP_RELEASING:
                     ep.flags |= EP_RELEASING | EP_RELEASED
                 ep.sending = None
-            if not self.enabled:
+            if not self.ring.enabled:
                 pass        # never ran: nothing was submitted
-            elif (self.setup_flags & IORING_SETUP_SINGLE_ISSUER
-                    and not self.on_issuer_thread()):
+            elif (self.ring.setup_flags & IORING_SETUP_SINGLE_ISSUER
+                    and not self.ring.on_issuer_thread()):
                 # Closed from another thread (a loop run in a worker thread,
                 # closed by the main one): the ring takes neither
                 # submissions nor waits from here. With DEFER_TASKRUN an
@@ -374,7 +202,7 @@ cdef class UringDriver(Driver):
                 for req in list(self.requests):
                     if (<Request>req).ep is None:
                         self.cancel_request(req)
-                self.submit()
+                self.ring.submit()
                 for _ in range(200):
                     self.wait_some(10)
                     if not self.inflight_endpoints() and not self.requests:
@@ -402,7 +230,7 @@ cdef class UringDriver(Driver):
         self.endpoints.clear()
         self.releasing.clear()
         self.requests.clear()
-        self.stash.clear()
+        self.parked.clear()
         self.deferred.clear()
         self.rx.clear()
         self.pipes.clear()
@@ -413,83 +241,37 @@ cdef class UringDriver(Driver):
         eps.update(self.releasing)
         return [ep for ep in eps if (<Endpoint>ep).inflight]
 
-    cdef bint on_issuer_thread(self):
-        return not self.issuer or self.issuer == pthread_self()
-
     cdef int prep_cancel_fd(self, Endpoint ep) except -1:
-        cdef io_uring_sqe *sqe = self.get_sqe()
+        cdef io_uring_sqe *sqe = self.ring.get_sqe()
         io_uring_prep_cancel_fd(sqe, ep.fd, IORING_ASYNC_CANCEL_ALL)
         io_uring_sqe_set_data64(sqe, OP_IGNORE)
         return 0
 
     cdef int wait_some(self, long timeout_ms) except -1:
-        cdef __kernel_timespec ts
-        cdef io_uring_cqe *cqe
-        ts.tv_sec = timeout_ms // 1000
-        ts.tv_nsec = (timeout_ms % 1000) * 1000000
-        with nogil:
-            io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1, &ts, NULL)
+        # closing: collect what CQEs come, signals and errors left for later
+        self.ring.wait(timeout_ms, False)
         return self.reap()
 
     # -- submission -----------------------------------------------------------
 
-    cdef io_uring_sqe *get_sqe(self) except NULL:
-        cdef io_uring_sqe *sqe
-        if not self.ring_ok:
-            raise RuntimeError('Event loop is closed')
-        sqe = io_uring_get_sqe(&self.ring)
-        if sqe == NULL:
-            # Submission queue full: hand what we have to the kernel.
-            self.submit()
-            sqe = io_uring_get_sqe(&self.ring)
-            if sqe == NULL:
-                raise OSError(EBUSY, "io_uring submission queue is full")
-        return sqe
-
     cdef io_uring_sqe *op_sqe(self, Endpoint ep, int op) except NULL:
         # An endpoint operation: the endpoint is held by `endpoints` (then
         # `releasing`) until its last CQE, counted in ep.inflight.
-        cdef io_uring_sqe *sqe = self.get_sqe()
-        if <uintptr_t><void *>ep & OP_MASK:
-            raise SystemError("endpoint not 16-byte aligned")
-        io_uring_sqe_set_data64(sqe, tag(ep, op))
+        cdef io_uring_sqe *sqe = self.ring.get_sqe()
+        io_uring_sqe_set_data64(sqe, tag(<void *>ep, op))
         ep.inflight += 1
         return sqe
 
     cdef io_uring_sqe *request_sqe(self, Request req, int stage) except NULL:
         # A Request's operation: `requests` holds it until its last CQE
         # (and, for a zero-copy send, its last notice).
-        cdef io_uring_sqe *sqe = self.get_sqe()
-        io_uring_sqe_set_data64(sqe, request_tag(req))
+        cdef io_uring_sqe *sqe = self.ring.get_sqe()
+        io_uring_sqe_set_data64(sqe, tag(<void *>req, OP_REQUEST))
         req.stage = stage
         self.requests.add(req)
         if req.ep is not None:
             req.ep.inflight += 1
         return sqe
-
-    cdef int enable(self) except -1:
-        cdef int ret
-        if not self.enabled:
-            ret = io_uring_enable_rings(&self.ring)
-            if ret < 0:
-                raise OSError(-ret, "io_uring_enable_rings failed")
-            self.enabled = True
-            self.issuer = pthread_self()
-        elif (self.setup_flags & IORING_SETUP_SINGLE_ISSUER
-              and not self.on_issuer_thread()):
-            raise RuntimeError(
-                "this io_uring loop belongs to another thread: a ring made "
-                "with IORING_SETUP_SINGLE_ISSUER takes submissions from the "
-                "thread that first ran it")
-        return 0
-
-    cdef int submit(self) except -1:
-        cdef int ret
-        self.enable()
-        ret = io_uring_submit(&self.ring)
-        if ret < 0 and ret != -EBUSY and ret != -EAGAIN and ret != -EINTR:
-            raise OSError(-ret, f"io_uring_submit failed: {os.strerror(-ret)}")
-        return 0
 
     cdef void wakeup(self) nogil:
         cdef uint64_t one = 1
@@ -497,7 +279,7 @@ cdef class UringDriver(Driver):
             write(self.wakefd, &one, 8)
 
     cdef int arm_wake(self) except -1:
-        cdef io_uring_sqe *sqe = self.get_sqe()
+        cdef io_uring_sqe *sqe = self.ring.get_sqe()
         io_uring_prep_poll_multishot(sqe, self.wakefd, POLLIN)
         io_uring_sqe_set_data64(sqe, OP_WAKE)
         return 0
@@ -540,7 +322,7 @@ cdef class UringDriver(Driver):
         if ep.flags & (EP_READING | EP_RELEASING):
             return 0
         ep.flags |= EP_READING
-        if ep in self.stash:
+        if ep in self.parked:
             # Bytes that came while paused go first, in the next iteration.
             return self.defer(ep)
         if ep.kind == KIND_LISTENER:
@@ -553,7 +335,7 @@ cdef class UringDriver(Driver):
         ep.flags &= ~EP_READING
         if ep.armed & ARM_RECV:
             # Stop the multishot so the kernel keeps what comes (and applies
-            # backpressure); CQEs already on their way are stashed.
+            # backpressure); CQEs already on their way are parked.
             self.cancel_op(ep, OP_RECV)
             self.counters['recv_cancels'] += 1
         elif ep.armed & ARM_ACCEPT:
@@ -561,8 +343,8 @@ cdef class UringDriver(Driver):
         return 0
 
     cdef int cancel_op(self, Endpoint ep, int op) except -1:
-        cdef io_uring_sqe *sqe = self.get_sqe()
-        io_uring_prep_cancel64(sqe, tag(ep, op), 0)
+        cdef io_uring_sqe *sqe = self.ring.get_sqe()
+        io_uring_prep_cancel64(sqe, tag(<void *>ep, op), 0)
         io_uring_sqe_set_data64(sqe, OP_IGNORE)
         if op == OP_RECV:
             ep.armed |= ARM_RECV_CANCEL
@@ -643,7 +425,7 @@ cdef class UringDriver(Driver):
         ep.sending = req
         self.send_step(ep, req)
         if now:
-            self.submit()
+            self.ring.submit()
         return 0
 
     cdef int send_step(self, Endpoint ep, Request req) except -1:
@@ -653,11 +435,11 @@ cdef class UringDriver(Driver):
         cdef SplicePipe pipe
         if req.op == REQ_SENDFILE:
             pipe = self.pipe_for(ep)
-            if pipe.pending:
+            if pipe.filled:
                 # File bytes already in the pipe go first.
                 sqe = self.request_sqe(req, STAGE_SPLICE_OUT)
                 io_uring_prep_splice(sqe, pipe.rfd, -1, ep.fd, -1,
-                                     <unsigned>pipe.pending, 0)
+                                     <unsigned>pipe.filled, 0)
             else:
                 sqe = self.request_sqe(req, STAGE_SPLICE_IN)
                 io_uring_prep_splice(
@@ -685,8 +467,8 @@ cdef class UringDriver(Driver):
         if req.stage == STAGE_IDLE:
             return self.finish_send(ep, req, -ECANCELED)
         # Its CQE reports the cancel (or what completed first).
-        sqe = self.get_sqe()
-        io_uring_prep_cancel64(sqe, request_tag(req), 0)
+        sqe = self.ring.get_sqe()
+        io_uring_prep_cancel64(sqe, tag(<void *>req, OP_REQUEST), 0)
         io_uring_sqe_set_data64(sqe, OP_IGNORE)
         return 0
 
@@ -722,7 +504,7 @@ cdef class UringDriver(Driver):
                 req.consume(res)
                 if stage == STAGE_SPLICE_OUT:
                     pipe = self.pipes[ep]
-                    pipe.pending -= res
+                    pipe.filled -= res
             if req.cancelled:
                 return self.finish_send(ep, req, -ECANCELED)
             if stage == STAGE_WAIT_OUT:
@@ -730,7 +512,7 @@ cdef class UringDriver(Driver):
             if stage == STAGE_SPLICE_IN:
                 if res > 0:
                     pipe = self.pipes[ep]
-                    pipe.pending = res
+                    pipe.filled = res
                     return self.send_step(ep, req)
                 if res == 0:
                     return self.finish_send(ep, req, req.done)  # file ended
@@ -766,7 +548,7 @@ cdef class UringDriver(Driver):
             # File bytes a cancelled or failed transfer left in the pipe
             # are not part of the stream: a fresh pipe for the next one.
             pipe = self.pipes.get(ep)
-            if pipe is not None and pipe.pending:
+            if pipe is not None and pipe.filled:
                 del self.pipes[ep]
         if not req.notices_due:
             self.requests.discard(req)
@@ -787,11 +569,11 @@ cdef class UringDriver(Driver):
         if (ep.sends_inflight or ep.armed & ARM_SEND_POLL
                 or ep.flags & EP_RELEASING or not ep.send_queue):
             return 0
-        if io_uring_sq_space_left(&self.ring) < 2:
-            self.submit()
+        if self.ring.sq_space() < 2:
+            self.ring.submit()
         # No submit may happen inside the chain: a link flag set on an SQE
         # the kernel already took would mean nothing.
-        most = max(1, min(io_uring_sq_space_left(&self.ring), DGRAM_CHAIN_MAX))
+        most = max(1, min(self.ring.sq_space(), DGRAM_CHAIN_MAX))
         for req in ep.send_queue:
             if count == most:
                 break
@@ -876,7 +658,7 @@ cdef class UringDriver(Driver):
         # calls start their operation before they first yield (a
         # sock_connect is under way, a sock_sendall's bytes are in the
         # socket), and callers rely on that ordering.
-        self.submit()
+        self.ring.submit()
 
     def cancel_request(self, Request req not None):
         """Ask the kernel to stop `req`; its callback still runs, with
@@ -885,8 +667,8 @@ cdef class UringDriver(Driver):
         if req.cancelled or req not in self.requests:
             return
         req.cancelled = True
-        sqe = self.get_sqe()
-        io_uring_prep_cancel64(sqe, request_tag(req), 0)
+        sqe = self.ring.get_sqe()
+        io_uring_prep_cancel64(sqe, tag(<void *>req, OP_REQUEST), 0)
         io_uring_sqe_set_data64(sqe, OP_IGNORE)
 
     cdef int sock_request_done(self, Request req, int res) except -1:
@@ -972,7 +754,7 @@ cdef class UringDriver(Driver):
         ep.flags &= ~EP_READING
         ep.send_queue = None        # in-flight sends are in `requests`
         ep.sending = None
-        self.stash.pop(ep, None)
+        self.parked.pop(ep, None)
         if self.endpoints.get(ep.fd) is ep:
             del self.endpoints[ep.fd]
         if ep.inflight == 0 or self.closed:
@@ -995,8 +777,8 @@ cdef class UringDriver(Driver):
             # work runs: run it now, so that closing the fd after release()
             # stops listening at once (the CQE is reaped as usual).
             self.cancel_op(ep, OP_ACCEPT)
-            if self.enabled and self.on_issuer_thread():
-                io_uring_submit_and_get_events(&self.ring)
+            if self.ring.enabled and self.ring.on_issuer_thread():
+                self.ring.wait(0, False)
             return 0
         if ep.kind == KIND_STREAM and ep.flags & EP_ABORTIVE:
             # Zero-copy sends wait for the peer's ack before the kernel
@@ -1029,79 +811,44 @@ cdef class UringDriver(Driver):
     # -- waiting and completions ----------------------------------------------------
 
     cdef int poll(self, long timeout_ms) except -1:
-        cdef int ret
-        cdef io_uring_cqe *cqe
-        cdef __kernel_timespec ts
         # Endpoints deferred by an earlier iteration are served in this one,
         # after its completions; those this one defers wait for the next.
         cdef list todo = self.deferred
         self.deferred = []
-        if todo:
+        if todo or self.ring.has_cqes():
             timeout_ms = 0
-        if io_uring_cq_ready(&self.ring) or io_uring_cq_has_overflow(&self.ring):
-            timeout_ms = 0
-        self.enable()
         # The buffers handed on since the last wait go back to the rings.
         self.rbufs.replenish()
         if self.bulkbufs is not None:
             self.bulkbufs.replenish()
         if self.dbufs is not None:
             self.dbufs.replenish()
-        if timeout_ms == 0:
-            with nogil:
-                ret = io_uring_submit_and_get_events(&self.ring)
-        elif timeout_ms < 0:
-            with nogil:
-                ret = io_uring_submit_and_wait(&self.ring, 1)
-        else:
-            ts.tv_sec = timeout_ms // 1000
-            ts.tv_nsec = (timeout_ms % 1000) * 1000000
-            with nogil:
-                ret = io_uring_submit_and_wait_timeout(&self.ring, &cqe, 1,
-                                                       &ts, NULL)
-        if ret == -EINTR:
-            # Run Python signal handlers now (PEP 475): a KeyboardInterrupt
-            # must not wait for the next completion.
-            PyErr_CheckSignals()
-        elif ret < 0 and ret not in (-ETIME, -EBUSY, -EAGAIN):
-            raise OSError(-ret, f"io_uring_enter failed: {os.strerror(-ret)}")
+        self.ring.wait(timeout_ms)
         self.reap()
         if todo:
             self.run_deferred(todo)
-        return self.check_pending()
+        return self.raise_recorded_error()
 
     cdef int reap(self) except -1:
-        cdef io_uring_cqe *cqes[CQE_BATCH]
-        cdef unsigned n, i
+        cdef Ring ring = self.ring
+        cdef unsigned int n, i
         cdef int rounds = 0
         while rounds < REAP_ROUNDS:
             rounds += 1
-            n = io_uring_peek_batch_cqe(&self.ring, cqes, CQE_BATCH)
+            n = ring.reap()
             if n == 0:
-                if io_uring_cq_has_overflow(&self.ring):
-                    # The kernel kept CQEs the ring had no room for
-                    # (IORING_FEAT_NODROP): have them flushed, go on.
-                    self.counters['cq_overflow_flushes'] += 1
-                    io_uring_get_events(&self.ring)
-                    continue
                 break
-            # Copy out and free the CQ slots before running callbacks.
-            for i in range(n):
-                self.cqe_ud[i] = cqes[i].user_data
-                self.cqe_res[i] = cqes[i].res
-                self.cqe_flags[i] = cqes[i].flags
-            io_uring_cq_advance(&self.ring, n)
             for i in range(n):
                 try:
-                    self.complete(self.cqe_ud[i], self.cqe_res[i],
-                                  self.cqe_flags[i])
+                    self.complete(ring.cqe_ud[i], ring.cqe_res[i],
+                                  ring.cqe_flags[i])
                 except BaseException as exc:
-                    self.dispatch_error(exc)
+                    self.record_error(exc)
         return 0
 
     cdef int complete(self, uint64_t ud, int res, uint32_t flags) except -1:
-        cdef int op = <int>(ud & OP_MASK)
-        cdef void *ptr = <void *><uintptr_t>(ud & ~(<uint64_t>OP_MASK))
+        cdef int op = tag_op(ud)
+        cdef void *ptr = tag_object(ud)
         cdef Endpoint ep
         cdef uint64_t drained
         if ptr == NULL:
@@ -1162,10 +909,10 @@ cdef class UringDriver(Driver):
             try:
                 if ep.flags & EP_RELEASING:
                     pass
-                elif ep.flags & EP_READING and not (self.stash and ep in self.stash):
+                elif ep.flags & EP_READING and not (self.parked and ep in self.parked):
                     ep.on_data(data, res)
                 else:
-                    self.keep(ep, PyBytes_FromStringAndSize(data, res))
+                    self.park(ep, PyBytes_FromStringAndSize(data, res))
             finally:
                 ring.give_back(bid)
             if not ep.armed & ARM_BULK:
@@ -1196,7 +943,7 @@ cdef class UringDriver(Driver):
             # one that delivered the data it came with: a readiness loop
             # finds such a FIN on its next read (asyncio's callback order;
             # CPython's TLS tests depend on it).
-            self.keep(ep, None)
+            self.park(ep, None)
             if ep.flags & EP_READING:
                 self.defer(ep)
             return 0
@@ -1216,10 +963,10 @@ cdef class UringDriver(Driver):
             return ep.on_read_error(-res)
         return 0
 
-    cdef int keep(self, Endpoint ep, object chunk) except -1:
+    cdef int park(self, Endpoint ep, object chunk) except -1:
         # Read while the owner was not reading (or EOF: None): delivered by
-        # deliver_stash() once it reads again, in order.
-        self.stash.setdefault(ep, []).append(chunk)
+        # deliver_parked() once it reads again, in order.
+        self.parked.setdefault(ep, []).append(chunk)
         return 0
 
     cdef int defer(self, Endpoint ep) except -1:
@@ -1233,20 +980,20 @@ cdef class UringDriver(Driver):
         for ep in todo:
             ep.flags &= ~EP_DEFERRED
             try:
-                self.deliver_stash(ep)
+                self.deliver_parked(ep)
             except BaseException as exc:
-                self.dispatch_error(exc)
+                self.record_error(exc)
         return 0
 
-    cdef int deliver_stash(self, Endpoint ep) except -1:
-        cdef list chunks = self.stash.get(ep)
+    cdef int deliver_parked(self, Endpoint ep) except -1:
+        cdef list chunks = self.parked.get(ep)
         if chunks is None:
             return 0
         while chunks and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
             chunk = chunks.pop(0)
             if chunk is None:
                 ep.flags &= ~EP_READING
-                del self.stash[ep]
+                del self.parked[ep]
                 return ep.on_eof()
             if type(chunk) is tuple:        # a datagram and its sender
                 data, name = chunk
@@ -1255,20 +1002,20 @@ cdef class UringDriver(Driver):
             else:
                 ep.on_data(PyBytes_AS_STRING(chunk), len(chunk))
         if not chunks:
-            self.stash.pop(ep, None)
+            self.parked.pop(ep, None)
             if ep.flags & EP_READING and not ep.flags & EP_RELEASING:
                 self.arm_recv(ep)
         return 0
 
     cdef BufferRing bulk_buffers(self):
         if self.bulkbufs is None:
-            self.bulkbufs = BufferRing.new(&self.ring, BULK_BUF_COUNT,
+            self.bulkbufs = BufferRing.new(self.ring, BULK_BUF_COUNT,
                                            BULK_BUF_SIZE, BULK_GROUP)
         return self.bulkbufs
 
     cdef BufferRing datagram_buffers(self):
         if self.dbufs is None:
-            self.dbufs = BufferRing.new(&self.ring, DGRAM_BUF_COUNT,
+            self.dbufs = BufferRing.new(self.ring, DGRAM_BUF_COUNT,
                                         DGRAM_BUF_RING_SIZE, DGRAM_GROUP)
         return self.dbufs
 
@@ -1292,13 +1039,13 @@ cdef class UringDriver(Driver):
                     namelen = min(out.namelen, rx.msg.msg_namelen)
                     payload = <char *>io_uring_recvmsg_payload(out, &rx.msg)
                     size = io_uring_recvmsg_payload_length(out, res, &rx.msg)
-                    if ep.flags & EP_READING and not (self.stash and ep in self.stash):
+                    if ep.flags & EP_READING and not (self.parked and ep in self.parked):
                         ep.on_datagram(payload, size,
                                        <sockaddr *>io_uring_recvmsg_name(out),
                                        namelen)
                     else:
                         # Came while paused: delivered on resume, in order.
-                        self.keep(ep, (payload[:size],
+                        self.park(ep, (payload[:size],
                                        (<char *>io_uring_recvmsg_name(out))[:namelen]))
             finally:
                 self.dbufs.give_back(bid)
@@ -1379,7 +1126,8 @@ cdef class UringDriver(Driver):
 
     def stats(self):
         """Counters of the completion path (re-arms, ENOBUFS, overflows)."""
-        return dict(self.counters)
+        return dict(self.counters,
+                    cq_overflow_flushes=self.ring.overflow_flushes)
 
 
 def new_driver(loop, *, unsigned int entries=DEFAULT_ENTRIES,
@@ -1393,165 +1141,3 @@ def new_driver(loop, *, unsigned int entries=DEFAULT_ENTRIES,
     if buf_count == 0 or buf_count & (buf_count - 1) or buf_count > 32768:
         raise ValueError("buf_count must be a power of two up to 32768")
     return UringDriver.new(loop, entries, cq_entries, buf_count, buf_size)
-
-
-cdef extern from *:
-    const char *FASTSOCK_LIBURING_VERSION
-
-LIBURING_VERSION = FASTSOCK_LIBURING_VERSION.decode()
-
-_SETUP_FLAG_NAMES = {
-    IORING_SETUP_SINGLE_ISSUER: "SINGLE_ISSUER",
-    IORING_SETUP_DEFER_TASKRUN: "DEFER_TASKRUN",
-    IORING_SETUP_COOP_TASKRUN: "COOP_TASKRUN",
-    IORING_SETUP_TASKRUN_FLAG: "TASKRUN_FLAG",
-    IORING_SETUP_CQSIZE: "CQSIZE",
-    IORING_SETUP_SUBMIT_ALL: "SUBMIT_ALL",
-    IORING_SETUP_R_DISABLED: "R_DISABLED",
-}
-
-# The opcodes the driver cannot do without.
-_REQUIRED_OPS = {
-    IORING_OP_POLL_ADD: "POLL_ADD", IORING_OP_POLL_REMOVE: "POLL_REMOVE",
-    IORING_OP_SENDMSG: "SENDMSG", IORING_OP_RECVMSG: "RECVMSG",
-    IORING_OP_ACCEPT: "ACCEPT", IORING_OP_ASYNC_CANCEL: "ASYNC_CANCEL",
-    IORING_OP_RECV: "RECV", IORING_OP_SEND: "SEND",
-    IORING_OP_CONNECT: "CONNECT",
-}
-_OPTIONAL_OPS = {
-    IORING_OP_SPLICE: "SPLICE",
-    IORING_OP_SHUTDOWN: "SHUTDOWN", IORING_OP_SEND_ZC: "SEND_ZC",
-    IORING_OP_SENDMSG_ZC: "SENDMSG_ZC",
-}
-
-_probe_result = None
-_PASSING_ERRNOS = (EMFILE, ENFILE, ENOMEM, ENOBUFS, EAGAIN)
-
-
-def _io_uring_disabled_sysctl():
-    try:
-        with io.open("/proc/sys/kernel/io_uring_disabled") as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return None
-
-
-cdef object _check_multishot_recv(UringDriver drv):
-    # Multishot recv (kernel 6.0+) cannot be seen in the opcode probe: try
-    # it on a socketpair and look for IORING_CQE_F_MORE.
-    cdef io_uring_sqe *sqe
-    cdef io_uring_cqe *cqe
-    cdef __kernel_timespec ts
-    cdef int ret, res = 0
-    cdef uint32_t flags = 0
-    a, b = socket.socketpair()
-    try:
-        drv.enable()
-        sqe = drv.get_sqe()
-        io_uring_prep_recv_multishot(sqe, a.fileno(), NULL, 0, 0)
-        sqe.flags |= IOSQE_BUFFER_SELECT
-        sqe.buf_group = STREAM_GROUP
-        io_uring_sqe_set_data64(sqe, 1)
-        b.send(b"x")
-        ts.tv_sec = 1
-        ts.tv_nsec = 0
-        ret = io_uring_submit_and_wait_timeout(&drv.ring, &cqe, 1, &ts, NULL)
-        while io_uring_peek_batch_cqe(&drv.ring, &cqe, 1) == 1:
-            if cqe.user_data == 1:
-                res = cqe.res
-                flags = cqe.flags
-                io_uring_cq_advance(&drv.ring, 1)
-                break
-            io_uring_cq_advance(&drv.ring, 1)
-        ended = not (flags & IORING_CQE_F_MORE)
-        if not ended:
-            # End the multishot (EOF from the closed peer) and collect its
-            # last CQE, so nothing is in flight when the ring and its
-            # buffers go away.
-            b.close()
-            for _ in range(100):
-                io_uring_submit_and_wait_timeout(&drv.ring, &cqe, 1, &ts, NULL)
-                while io_uring_peek_batch_cqe(&drv.ring, &cqe, 1) == 1:
-                    if cqe.user_data == 1 and not cqe.flags & IORING_CQE_F_MORE:
-                        ended = True
-                    io_uring_cq_advance(&drv.ring, 1)
-                if ended:
-                    break
-            if not ended:
-                drv.rbufs.strand()  # never completed: never free its buffers
-        if res == 1 and flags & IORING_CQE_F_MORE:
-            return ""
-        if res < 0:
-            return f"multishot recv unsupported: {os.strerror(-res)}"
-        return "multishot recv unsupported (kernel 6.0+ needed)"
-    finally:
-        a.close()
-        b.close()
-
-
-def probe():
-    """Can the io_uring driver run here, and with what.
-
-    Returns a dict: available (bool), reason (why not, "" if it can),
-    setup_flags (names the kernel accepted), opcodes (supported names of
-    those fastsock uses), liburing_version (built against), kernel.
-    The answer is a property of the host and computed once per process.
-    Raises OSError for a passing condition of this process (out of file
-    descriptors or memory: EMFILE, ENFILE, ENOMEM, ENOBUFS, EAGAIN), which
-    is not remembered: the next call probes again."""
-    global _probe_result
-    if _probe_result is not None:
-        return dict(_probe_result)
-    cdef UringDriver drv = None
-    cdef io_uring_probe *p
-    result = {
-        "available": False, "reason": "", "setup_flags": [], "opcodes": [],
-        "liburing_version": LIBURING_VERSION, "kernel": os.uname().release,
-    }
-    disabled = _io_uring_disabled_sysctl()
-    try:
-        drv = UringDriver.new(None, 8, 64, 8, 4096)
-    except OSError as exc:
-        if exc.errno in _PASSING_ERRNOS:
-            raise
-        if exc.errno == EPERM:
-            why = "io_uring_setup() was refused with EPERM"
-            if disabled:
-                why += f" (kernel.io_uring_disabled = {disabled})"
-            else:
-                why += (" (a seccomp filter, e.g. a container's default "
-                        "profile, blocks it)")
-        elif exc.errno == ENOSYS:
-            why = "this kernel has no io_uring (ENOSYS)"
-        else:
-            why = str(exc)
-        result["reason"] = why
-        _probe_result = result
-        return dict(result)
-    try:
-        result["setup_flags"] = [name for bit, name in _SETUP_FLAG_NAMES.items()
-                                 if drv.setup_flags & bit]
-        p = io_uring_get_probe_ring(&drv.ring)
-        if p == NULL:
-            result["reason"] = "io_uring opcode probe failed (kernel < 5.6)"
-        else:
-            try:
-                missing = [name for op, name in _REQUIRED_OPS.items()
-                           if not io_uring_opcode_supported(p, op)]
-                result["opcodes"] = [
-                    name for op, name in {**_REQUIRED_OPS, **_OPTIONAL_OPS}.items()
-                    if io_uring_opcode_supported(p, op)]
-            finally:
-                io_uring_free_probe(p)
-            if missing:
-                result["reason"] = ("io_uring lacks opcodes: "
-                                    + ", ".join(missing))
-            else:
-                result["reason"] = _check_multishot_recv(drv)
-                if not result["reason"]:
-                    result["opcodes"].append("RECV_MULTISHOT")
-        result["available"] = not result["reason"]
-    finally:
-        drv.close()
-    _probe_result = result
-    return dict(result)

@@ -639,3 +639,23 @@ def test_getnameinfo(loop, run):
         assert isinstance(host, str) and isinstance(port, str)
 
     run(main())
+
+
+def test_readiness_driver_takes_no_completion_requests():
+    # sock_* on epoll wait for readiness (ReadinessSockMethods); a Request
+    # handed to the epoll driver is refused with a clear error, not lost.
+    import fastsock
+    from fastsock import driver
+    loop = fastsock.new_event_loop("epoll")
+    a, b = socket.socketpair()
+    try:
+        req = driver.new_request(driver.RECV, a.fileno(),
+                                 driver.receive_buffer(16), True)
+        with pytest.raises(TypeError, match="readiness driver"):
+            loop.driver.submit_request(req, lambda req, res: None)
+        with pytest.raises(TypeError, match="readiness driver"):
+            loop.driver.cancel_request(req)
+    finally:
+        a.close()
+        b.close()
+        loop.close()

@@ -1,4 +1,4 @@
-"""Compile the C programs in csrc/ on first use and cache the binaries.
+"""Compile the bench's C programs (bench/csrc/) on first use and cache them.
 
 Binaries live in $XDG_CACHE_HOME/fastsock/bin (default ~/.cache/fastsock/bin),
 named after a hash of the sources, the compiler and the flags: a changed
@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 
 CSRC = Path(__file__).resolve().parent / "csrc"
+# The C helpers the extension is built with too (fastsock/csrc/common.c).
+COMMON_CSRC = Path(__file__).resolve().parent.parent / "csrc"
 
 # program -> (its source, liburing: True = required, False = not used,
 #             OPTIONAL = linked with -DHAVE_LIBURING when found, built
@@ -98,7 +100,6 @@ def compiler_version():
 def build(name):
     """Path of the compiled program `name`, building it if needed."""
     main, needs_uring = PROGRAMS[name]
-    sources = [main, *COMMON_SOURCES]
     cc = find_compiler()
     if cc is None:
         raise NativeUnavailable("no C compiler found (cc, gcc or clang); "
@@ -114,19 +115,22 @@ def build(name):
         extra_cflags, libs = liburing_flags()
     if libs:
         extra_cflags = [*extra_cflags, "-DHAVE_LIBURING"]
-    flags = CFLAGS + extra_cflags
+    flags = [*CFLAGS, f"-I{COMMON_CSRC}", *extra_cflags]
     h = hashlib.sha256()
     for part in [*cc, *flags, *libs, platform.machine()]:
         h.update(part.encode() + b"\0")
-    for src in [*sources, *COMMON_HEADERS]:
-        h.update(src.encode() + b"\0" + (CSRC / src).read_bytes())
+    paths = [CSRC / main, *(COMMON_CSRC / s for s in COMMON_SOURCES),
+             *(COMMON_CSRC / s for s in COMMON_HEADERS)]
+    for path in paths:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
     out = cache_dir() / f"{name}-{h.hexdigest()[:16]}"
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{name}-", dir=out.parent)
     os.close(fd)
-    cmd = [*cc, *flags, "-o", tmp, *(str(CSRC / s) for s in sources), *libs]
+    cmd = [*cc, *flags, "-o", tmp, *(str(p) for p in paths if p.suffix == ".c"),
+           *libs]
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.SubprocessError) as exc:

@@ -1,8 +1,9 @@
 /*
- * Helpers shared by the bench's C programs (loadgen, echo_epoll,
- * echo_uring): the address grammar, the file descriptor limit, the io_uring
- * setup-flag ladder and provided-buffer rings.  common.c is compiled as its
- * own translation unit and linked into each program.
+ * C helpers written once for every C part of fastsock: the extension's ring
+ * module (fastsock/ring.pyx: the io_uring setup-flag ladder, provided-buffer
+ * rings) and the bench's C programs (loadgen, echo_epoll, echo_uring: all of
+ * it, the address grammar and the file descriptor limit too).  common.c is
+ * compiled as its own translation unit and linked into each of them.
  *
  * Plain functions, no global state, errors returned as -errno: nothing here
  * prints or exits, so the callers decide what a failure means (a server
@@ -10,8 +11,8 @@
  *
  * The io_uring part is compiled only with -DHAVE_LIBURING.
  */
-#ifndef FASTSOCK_BENCH_COMMON_H
-#define FASTSOCK_BENCH_COMMON_H
+#ifndef FASTSOCK_COMMON_H
+#define FASTSOCK_COMMON_H
 
 #include <stddef.h>
 #include <sys/socket.h>
@@ -60,7 +61,8 @@ long fs_raise_nofile(void);
 /*
  * io_uring_queue_init_params, best setup flags first.  Each rung in turn
  * is OR'ed into p->flags as the caller passed them (e.g. CQSIZE, with
- * p->cq_entries); a kernel that refuses a flag says EINVAL and the next rung
+ * p->cq_entries; R_DISABLED, for a ring enabled later by the thread that
+ * will submit); a kernel that refuses a flag says EINVAL and the next rung
  * is tried.  rungs == NULL means FS_URING_LADDER.  On success p holds what
  * the kernel accepted (p->flags, p->features).  0 or -errno.
  */

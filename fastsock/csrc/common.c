@@ -1,5 +1,6 @@
 /*
- * Helpers shared by the bench's C programs; see common.h for the contract.
+ * C helpers shared by the extension and the bench's C programs; see common.h
+ * for the contract.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -171,10 +172,12 @@ long fs_raise_nofile(void)
 
 /* SINGLE_ISSUER | DEFER_TASKRUN (6.1): completions run only inside
  * io_uring_enter, in one batch, instead of interrupting the task per packet.
- * COOP_TASKRUN (5.19): at least no interrupt for task work.  Then plain. */
+ * COOP_TASKRUN (5.19): at least no interrupt for task work, and
+ * TASKRUN_FLAG so that liburing sees pending task work when it peeks.  Then
+ * plain. */
 const unsigned FS_URING_LADDER[3] = {
     IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-    IORING_SETUP_COOP_TASKRUN,
+    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
     0,
 };
 
