@@ -26,6 +26,23 @@ def _pair(type=socket.SOCK_STREAM):
     return a, b
 
 
+def _listener(backlog=8):
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(backlog)
+    srv.setblocking(False)
+    return srv
+
+
+async def _accept_then_cancel(loop, srv, clients):
+    """A sock_accept cancelled just after a client connected (appended to
+    `clients`): (the accepted (conn, addr), or None if the cancel won)."""
+    res, _ = await _completed_then_cancelled(
+        loop, loop.sock_accept(srv),
+        lambda: clients.append(socket.create_connection(srv.getsockname())))
+    return res
+
+
 async def _start_then_cancel(loop, coro):
     """Start `coro` (its first step runs), cancel it before the loop polls
     again: (result or None, cancelled?)."""
@@ -104,10 +121,7 @@ def test_cancelled_sock_recvfrom_keeps_datagram(loop, run):
 
 
 def test_cancelled_sock_accept_keeps_connection(loop, run):
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.setblocking(False)
+    srv = _listener()
     cli = socket.create_connection(srv.getsockname())
 
     async def main():
@@ -168,17 +182,11 @@ def test_completed_then_cancelled_sock_recv_loses_nothing(loop, run,
 def test_completed_then_cancelled_sock_accept_keeps_connection(loop, run,
                                                                request):
     stock_asyncio_differs(request, reason=_ASYNCIO_DROPS)
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.setblocking(False)
+    srv = _listener()
     clients = []
 
     async def main():
-        res, _ = await _completed_then_cancelled(
-            loop, loop.sock_accept(srv),
-            lambda: clients.append(socket.create_connection(
-                srv.getsockname())))
+        res = await _accept_then_cancel(loop, srv, clients)
         if res is None:
             res = await asyncio.wait_for(loop.sock_accept(srv), 2)
         conn, addr = res
@@ -285,17 +293,11 @@ def test_server_gets_what_sock_accept_left(loop, run, request):
     accepted a connection, then served with create_server(sock=): that
     connection is served too."""
     stock_asyncio_differs(request, reason=_ASYNCIO_DROPS)
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.setblocking(False)
+    srv = _listener()
     clients = []
 
     async def main():
-        res, _ = await _completed_then_cancelled(
-            loop, loop.sock_accept(srv),
-            lambda: clients.append(socket.create_connection(
-                srv.getsockname())))
+        res = await _accept_then_cancel(loop, srv, clients)
         assert res is None
         server = await loop.create_server(EchoProtocol, sock=srv)
         try:
@@ -352,10 +354,7 @@ def test_sock_methods_on_uring_are_completion_operations(loop, run):
     if getattr(loop, "backend", None) != "uring":
         pytest.skip("io_uring only")
     a, b = _pair()
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1)
-    srv.setblocking(False)
+    srv = _listener(1)
     c = socket.socket()
     c.setblocking(False)
 
@@ -393,10 +392,7 @@ def test_unclaimed_accepted_connection_closed_with_the_loop(loop, run):
     """A connection a cancelled sock_accept took from the kernel, never
     claimed by another sock_accept, is closed by the loop when it closes
     (not left to the garbage collector's "unclosed socket" warning)."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    srv.setblocking(False)
+    srv = _listener()
     cli = socket.create_connection(srv.getsockname())
 
     async def main():

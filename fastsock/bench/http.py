@@ -159,15 +159,11 @@ class HttpBench:
         self.cfg, self.workdir = cfg, workdir
         self.gen_cpu = gen_cpu
         self.cpus = server_cpus(gen_cpu, cfg.workers)
-        self.on_note = on_note
-        self.servers = {}
-        self.skipped = {}
+        self.pool = M.ServerPool(on_note)     # (model, app, tls) -> server
         self.certs = None
 
     def close(self):
-        for s in self.servers.values():
-            s.stop()
-        self.servers.clear()
+        self.pool.close()
 
     def _gen_setup(self):
         cpu = self.gen_cpu
@@ -181,31 +177,19 @@ class HttpBench:
                               preexec_fn=self._gen_setup(), timeout=seconds + 60)
 
     def server(self, model, app, tls):
-        key = (model, app, tls)
-        if key in self.skipped:
-            raise M.ModelSkipped(self.skipped[key])
-        s = self.servers.get(key)
-        if s is not None and s.alive():
-            return s
-        if s is not None:
-            self.on_note(f"{model} http {app} server died ({s.stderr_tail()}); "
-                         "restarting")
-            s.stop()
-        if tls and self.certs is None:
-            self.certs = make_certs(self.workdir)
-        if tls and isinstance(self.certs, str):
-            self.skipped[key] = self.certs
-            raise M.ModelSkipped(self.certs)
-        try:
-            s = HttpServer(model, app, tls, self.workdir, self.cpus,
-                           self.cfg.workers, self.certs).start()
-        except M.ModelSkipped as exc:
-            self.skipped[key] = str(exc)
-            raise
-        self.servers[key] = s
-        # A new server's first second is slow (see runner.Bench._warm).
-        self._wrk(self._url(s), max(1, round(self.cfg.server_warmup)), 50)
-        return s
+        def start():
+            if tls and self.certs is None:
+                self.certs = make_certs(self.workdir)
+            if tls and isinstance(self.certs, str):
+                raise M.ModelSkipped(self.certs)    # why there are none
+            return HttpServer(model, app, tls, self.workdir, self.cpus,
+                              self.cfg.workers, self.certs).start()
+
+        def warm(s):
+            # A new server's first second is slow (see runner.Bench._warm).
+            self._wrk(self._url(s), max(1, round(self.cfg.server_warmup)), 50)
+        return self.pool.get((model, app, tls), f"{model} http {app}",
+                             start, warm)
 
     @staticmethod
     def _url(srv):

@@ -38,6 +38,42 @@ class ModelSkipped(Exception):
     """The model cannot run on this host; str() is the reason."""
 
 
+class ServerPool:
+    """The bench's running servers by key, started on first use, started
+    again if one died, and the keys whose server could not start at all
+    (ModelSkipped, with its reason) remembered as skipped."""
+
+    def __init__(self, on_note):
+        self.servers = {}
+        self.skipped = {}          # key -> reason
+        self.on_note = on_note
+
+    def get(self, key, label, start, warm):
+        """The live server for `key`: start() makes a started one, warm(s)
+        runs once on each new one; `label` names it in notes."""
+        if key in self.skipped:
+            raise ModelSkipped(self.skipped[key])
+        s = self.servers.get(key)
+        if s is not None and s.alive():
+            return s
+        if s is not None:
+            self.on_note(f"{label} server died ({s.stderr_tail()}); restarting")
+            s.stop()
+        try:
+            s = start()
+        except ModelSkipped as exc:
+            self.skipped[key] = str(exc)
+            raise
+        self.servers[key] = s
+        warm(s)
+        return s
+
+    def close(self):
+        for s in self.servers.values():
+            s.stop()
+        self.servers.clear()
+
+
 def precheck(model):
     """Reason the model cannot run, found without starting it; None if it
     looks runnable (starting it may still fail, and says why)."""

@@ -123,8 +123,8 @@ class Bench:
         self.on_note = on_note or (lambda text: None)
         self.server_cpu, self.gen_cpu = M.cpu_plan()
         self.workdir = tempfile.mkdtemp(prefix="fastsock-bench-")
-        self.servers = {}          # (model, transport, mode) -> Server
-        self.skipped = {}          # (model, transport, mode) -> reason
+        # (model, transport, mode) -> Server
+        self.pool = M.ServerPool(self.on_note)
         self.runs = []             # every single measurement
         self.loadgen = None
         self.pattern_file = None
@@ -151,10 +151,13 @@ class Bench:
             os.sched_setaffinity(0, {self.gen_cpu})   # keep off the server CPU
         return ok, skipped
 
+    @property
+    def skipped(self):
+        """(model, transport, mode) -> why its server could not start."""
+        return self.pool.skipped
+
     def close(self):
-        for s in self.servers.values():
-            s.stop()
-        self.servers.clear()
+        self.pool.close()
         if self.http is not None:
             self.http.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
@@ -168,25 +171,13 @@ class Bench:
         return self.pattern_file
 
     def server(self, model, transport, mode):
-        key = (model, transport, mode)
-        if key in self.skipped:
-            raise M.ModelSkipped(self.skipped[key])
-        s = self.servers.get(key)
-        if s is not None and s.alive():
-            return s
-        if s is not None:
-            self.on_note(f"{model} {transport} {mode} server died "
-                         f"({s.stderr_tail()}); restarting")
-            s.stop()
-        file = self._pattern() if mode == "sendfile" else None
-        try:
-            s = M.Server(model, transport, self.workdir, self.server_cpu, file).start()
-        except M.ModelSkipped as exc:
-            self.skipped[key] = str(exc)
-            raise
-        self.servers[key] = s
-        self._warm(s, mode)
-        return s
+        def start():
+            file = self._pattern() if mode == "sendfile" else None
+            return M.Server(model, transport, self.workdir, self.server_cpu,
+                            file).start()
+        return self.pool.get((model, transport, mode),
+                             f"{model} {transport} {mode}", start,
+                             lambda s: self._warm(s, mode))
 
     def _warm(self, srv, mode):
         """Run load on a fresh server before its first measurement.  Measured
