@@ -191,6 +191,12 @@ cdef class Driver:
     # def cancel_request(req) asks the kernel to stop it. The base class's
     # versions raise TypeError (a readiness driver has none).
 
+    # What a driver does with a send (send() above is shared): a datagram
+    # joined ep.send_queue; a stream's Request became ep.sending.
+    cdef int datagram_queued(self, Endpoint ep) except -1
+    cdef int start_stream_send(self, Endpoint ep, Request req,
+                               bint now) except -1
+
     # Helpers for subclasses.
     cdef bint accept_emfile(self, Endpoint ep) except -1
     cdef int reset_stream(self, Endpoint ep) except -1

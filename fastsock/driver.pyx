@@ -1,13 +1,15 @@
 # cython: language_level=3
 """The driver contract: see driver.pxd."""
 
+import collections
+
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
                              PyBUF_SIMPLE, PyBUF_WRITABLE)
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from fastsock.sockaddr cimport sockaddr_to_py, py_to_sockaddr
-from fastsock.driver cimport EP_ADDED, EP_RELEASING
+from fastsock.driver cimport EP_ADDED, EP_RELEASING, KIND_DATAGRAM
 from fastsock.system cimport (send, connect, accept4, close, open, errno,
                               EAGAIN, EINTR, MSG_NOSIGNAL, MSG_DONTWAIT,
                               AF_UNSPEC, SOCK_CLOEXEC, SOCK_NONBLOCK,
@@ -245,6 +247,26 @@ cdef class Driver:
             return -errno
 
     cdef int send(self, Endpoint ep, Request req, bint now) except -1:
+        # The order is the same on both models: datagrams queue per
+        # endpoint, a stream has one send Request at a time (its transport
+        # gathers the next one when on_sent() comes).
+        if ep.flags & EP_RELEASING:
+            return 0
+        if ep.kind == KIND_DATAGRAM:
+            if ep.send_queue is None:
+                ep.send_queue = collections.deque()
+            ep.send_queue.append(req)
+            return self.datagram_queued(ep)
+        if ep.sending is not None:
+            raise RuntimeError("a stream has one send request at a time")
+        ep.sending = req
+        return self.start_stream_send(ep, req, now)
+
+    cdef int datagram_queued(self, Endpoint ep) except -1:
+        raise NotImplementedError  # abstract
+
+    cdef int start_stream_send(self, Endpoint ep, Request req,
+                               bint now) except -1:
         raise NotImplementedError  # abstract
 
     cdef int cancel_send(self, Endpoint ep, Request req) except -1:

@@ -233,19 +233,13 @@ cdef class EpollDriver(Driver):
 
     # -- sending --------------------------------------------------------------
 
-    cdef int send(self, Endpoint ep, Request req, bint now) except -1:
-        if ep.flags & EP_RELEASING:
-            return 0
-        if ep.kind == KIND_DATAGRAM:
-            if ep.send_queue is None:
-                ep.send_queue = collections.deque()
-            ep.send_queue.append(req)
-            if len(ep.send_queue) == 1:
-                return self.push_datagrams(ep)
-            return 0                # EPOLLOUT is armed for the older ones
-        if ep.sending is not None:
-            raise RuntimeError("a stream has one send request at a time")
-        ep.sending = req
+    cdef int datagram_queued(self, Endpoint ep) except -1:
+        if len(ep.send_queue) == 1:
+            return self.push_datagrams(ep)
+        return 0                # EPOLLOUT is armed for the older ones
+
+    cdef int start_stream_send(self, Endpoint ep, Request req,
+                               bint now) except -1:
         if now:
             return self.push(ep)
         # The caller just found the socket full: wait for room.

@@ -30,7 +30,6 @@
   on_released() once the last CQE for the fd is in.
 """
 
-import collections
 import fcntl
 import os
 
@@ -412,17 +411,11 @@ cdef class UringDriver(Driver):
 
     # -- sending --------------------------------------------------------------
 
-    cdef int send(self, Endpoint ep, Request req, bint now) except -1:
-        if ep.flags & EP_RELEASING:
-            return 0
-        if ep.kind == KIND_DATAGRAM:
-            if ep.send_queue is None:
-                ep.send_queue = collections.deque()
-            ep.send_queue.append(req)
-            return self.submit_datagrams(ep)
-        if ep.sending is not None:
-            raise RuntimeError("a stream has one send request at a time")
-        ep.sending = req
+    cdef int datagram_queued(self, Endpoint ep) except -1:
+        return self.submit_datagrams(ep)
+
+    cdef int start_stream_send(self, Endpoint ep, Request req,
+                               bint now) except -1:
         self.send_step(ep, req)
         if now:
             self.ring.submit()
