@@ -105,10 +105,13 @@ class ServerProcess:
         env = {**os.environ, **(env or {})}
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+        # Its own session, so that kill() reaches the workers a server
+        # forked too (a SIGKILLed gunicorn master leaves them running).
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, env=env, cwd=str(ROOT))
+                stderr=subprocess.STDOUT, env=env, cwd=str(ROOT),
+                start_new_session=True)
 
     def log(self):
         return Path(self.log_path).read_text(errors="replace")
@@ -133,15 +136,17 @@ class ServerProcess:
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.kill()
             pytest.fail(f"server did not stop within {timeout}s after "
                         f"{sig!r}:\n{self.log()[-3000:]}")
 
     def kill(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """SIGKILL the server and whatever it forked."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
 
     def assert_clean_log(self):
         text = self.log()
