@@ -250,7 +250,7 @@ def test_close_cancels_in_flight_operations(make_uring_loop, how):
 
 def test_pause_resume_under_stream_keeps_order(make_uring_loop):
     # Pausing cancels the multishot recv; CQEs already on their way are
-    # stashed and delivered first on resume.
+    # parked and delivered first on resume.
     loop = make_uring_loop(buf_size=4096)
     data = payload(4 * 1024 * 1024, seed=7)
     a, b = socket.socketpair()
