@@ -1,5 +1,6 @@
 """`fastsock bench`: arguments, progress display, output files."""
 import argparse
+import signal
 import time
 
 from fastsock.bench import models as M
@@ -108,6 +109,11 @@ def run(args):
             pass
     say = console.print if console else print
     bench = Bench(cfg)
+    # A Ctrl-C reaches the servers too (one process group), a SIGTERM or
+    # SIGHUP sent to the bench alone does not: unwind through bench.close()
+    # then, or the servers outlive the bench.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _exit_on_signal)
     try:
         try:
             models, skipped = bench.prepare()
@@ -154,6 +160,10 @@ def run(args):
         return 0
     finally:
         bench.close()
+
+
+def _exit_on_signal(signum, _frame):
+    raise SystemExit(128 + signum)
 
 
 def _run_with_progress(bench, cases, models, console):
