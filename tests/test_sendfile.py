@@ -29,11 +29,16 @@ async def native_sendfile_or_xfail(loop, backend_name, coro):
         pytest.xfail(f"native sendfile not available: {exc}")
 
 
+def _open_written(tmp_path, name, data):
+    """`data` written to tmp_path/name, the file opened for reading."""
+    p = tmp_path / name
+    p.write_bytes(data)
+    return open(p, "rb")
+
+
 @pytest.fixture
 def datafile(tmp_path):
-    p = tmp_path / "data.bin"
-    p.write_bytes(DATA)
-    with open(p, "rb") as f:
+    with _open_written(tmp_path, "data.bin", DATA) as f:
         yield f
 
 
@@ -279,9 +284,7 @@ BIG = payload(48 * 1024 * 1024, seed=52)
 
 @pytest.fixture
 def bigfile(tmp_path):
-    p = tmp_path / "big.bin"
-    p.write_bytes(BIG)
-    with open(p, "rb") as f:
+    with _open_written(tmp_path, "big.bin", BIG) as f:
         yield f
 
 

@@ -43,12 +43,15 @@ async def _accept_then_cancel(loop, srv, clients):
     return res
 
 
-async def _start_then_cancel(loop, coro):
+async def _start_then_cancel(loop, coro, after_cancel=None):
     """Start `coro` (its first step runs), cancel it before the loop polls
-    again: (result or None, cancelled?)."""
+    again, then call after_cancel() if given (what it waits for arrives
+    before the kernel has seen the cancel): (result or None, cancelled?)."""
     task = asyncio.ensure_future(coro)
     await asyncio.sleep(0)
     task.cancel()
+    if after_cancel is not None:
+        after_cancel()
     try:
         return await task, False
     except asyncio.CancelledError:
@@ -210,12 +213,10 @@ def test_next_sock_recv_waits_for_a_cancelled_one(loop, run):
         for i in range(20):
             a, b = _pair()
             with a, b:
-                task = asyncio.ensure_future(loop.sock_recv(a, 100))
-                await asyncio.sleep(0)
-                task.cancel()
-                b.send(b"round-%d" % i)
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+                _, cancelled = await _start_then_cancel(
+                    loop, loop.sock_recv(a, 100),
+                    lambda: b.send(b"round-%d" % i))
+                assert cancelled
                 got = await asyncio.wait_for(loop.sock_recv(a, 100), 2)
                 assert got == b"round-%d" % i
 
@@ -265,12 +266,10 @@ def test_stream_transport_gets_what_sock_recv_left(loop, run, request, order):
             else:
                 # cancelled while the kernel may still complete it: the
                 # bytes arrive before the cancel reaches the kernel
-                task = asyncio.ensure_future(loop.sock_recv(a, 100))
-                await asyncio.sleep(0)
-                task.cancel()
-                b.send(b"hello-%d;" % i)
-                with pytest.raises(asyncio.CancelledError):
-                    await task
+                _, cancelled = await _start_then_cancel(
+                    loop, loop.sock_recv(a, 100),
+                    lambda: b.send(b"hello-%d;" % i))
+                assert cancelled
             tr, proto = await loop.create_connection(RecordingProtocol, sock=a)
             try:
                 b.send(b"world")
