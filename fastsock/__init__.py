@@ -62,9 +62,14 @@ def backends():
 
 def _resolve(backend):
     if backend == "auto":
+        reasons = []
         for name in _BACKENDS:
-            if _availability(name, passing_errors_raise=True).available:
+            info = _availability(name, passing_errors_raise=True)
+            if info.available:
                 return name
+            reasons.append(f"{name}: {info.reason}")
+        raise RuntimeError("no fastsock backend can run here ("
+                           + "; ".join(reasons) + ")")
     if backend in _BACKENDS:
         info = _availability(backend, passing_errors_raise=True)
         if not info.available:
@@ -81,8 +86,16 @@ def new_event_loop(backend="auto"):
 
     Raises ValueError for an unknown backend name, RuntimeError (naming the
     cause, as backends() gives it) when the backend cannot run on this
-    host, and OSError when the process is out of a resource the loop needs
-    (EMFILE, ENOMEM, ...), as asyncio.new_event_loop() does."""
+    host ("auto": when neither can), and OSError when the process is out of
+    a resource the loop needs (EMFILE, ENOMEM, ...), as
+    asyncio.new_event_loop() does.
+
+    The loop may be made in one thread and run in another. An io_uring loop
+    then belongs to the first thread that runs it (its ring is set up with
+    IORING_SETUP_SINGLE_ISSUER): running it in any other thread raises
+    RuntimeError; closing it works from any thread. The backend is this
+    argument only: the FASTSOCK_BACKEND environment variable is read by
+    fastsock.workers (gunicorn), not here."""
     from fastsock.eventloop import LOOP_CLASSES
     name = _resolve(backend)
     return LOOP_CLASSES[name](_driver_factory(name), name)
@@ -95,7 +108,8 @@ def new_event_loop(backend="auto"):
 
 def new_uring_loop():
     """A new io_uring event loop (RuntimeError, naming the cause, where
-    io_uring cannot be used)."""
+    io_uring cannot be used); it belongs to the first thread that runs it
+    (see new_event_loop)."""
     return new_event_loop("uring")
 
 
@@ -122,7 +136,13 @@ def __getattr__(name):
 
 
 def run(main, *, backend="auto", debug=None):
-    """Run a coroutine like asyncio.run(), on a fastsock loop."""
+    """Run the coroutine `main` on a new fastsock loop and return its
+    result, as asyncio.run() does (the loop is closed afterwards, after
+    cancelling what is left, shutting down async generators and the
+    default executor). `backend` is "auto", "uring" or "epoll" (see
+    new_event_loop, whose ValueError/RuntimeError/OSError it raises);
+    `debug` as in asyncio.run(). RuntimeError when called from a running
+    event loop."""
     if asyncio.events._get_running_loop() is not None:
         # Checked before a loop exists, as asyncio.run() does.
         raise RuntimeError(

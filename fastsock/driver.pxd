@@ -156,6 +156,10 @@ cdef class Driver:
         readonly unsigned long long sendfile_bytes
         bint closed
 
+    # The calling thread starts running the loop. io_uring binds its ring to
+    # the first such thread and refuses others (RuntimeError), before any
+    # callback of the loop runs there.
+    cdef int bind_thread(self) except -1
     # Wait for events up to timeout_ms (-1: no limit) and dispatch them.
     cdef int poll(self, long timeout_ms) except -1
     # Wake a poll() from any thread (thread-safe, async-signal-safe).

@@ -203,6 +203,9 @@ cdef class Driver:
     def __init__(self, *args, **kwargs):
         raise TypeError(f"{type(self).__name__} objects are made by the loop")
 
+    cdef int bind_thread(self) except -1:
+        return 0                    # a readiness driver runs in any thread
+
     cdef int poll(self, long timeout_ms) except -1:
         raise NotImplementedError  # abstract: every driver overrides it
 

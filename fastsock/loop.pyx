@@ -235,6 +235,7 @@ cdef class CoreLoop:
     def run_forever(self):
         self._check_closed()
         self._check_running()
+        self.driver.bind_thread()
         self._set_coroutine_origin_tracking(self.debug)
         old_agen_hooks = sys.get_asyncgen_hooks()
         try:

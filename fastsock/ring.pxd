@@ -41,7 +41,7 @@ cdef class Ring:
         io_uring ring
         bint ok                     # set up and not torn down
         bint enabled                # an R_DISABLED ring enabled by its thread
-        unsigned long issuer        # pthread that submits (SINGLE_ISSUER)
+        unsigned long issuer        # kernel tid that submits (SINGLE_ISSUER)
         readonly unsigned int setup_flags   # what the kernel accepted
         readonly unsigned long overflow_flushes
         # the last reap(): user_data, res and flags of each CQE

@@ -28,8 +28,10 @@ from libc.string cimport memset
 from fastsock.system cimport *
 from fastsock.liburing cimport *
 
-cdef extern from "<pthread.h>" nogil:
-    unsigned long pthread_self()
+cdef extern from "<sys/syscall.h>" nogil:
+    long SYS_gettid
+cdef extern from "<unistd.h>" nogil:
+    long syscall(long number, ...)
 
 cdef extern from "<sys/mman.h>" nogil:
     int munmap(void *addr, size_t length)
@@ -100,7 +102,13 @@ cdef class Ring:
         return io_uring_sq_space_left(&self.ring)
 
     cdef bint on_issuer_thread(self):
-        return not self.issuer or self.issuer == pthread_self()
+        # The kernel's thread id, not pthread_self(): glibc hands an exited
+        # thread's pthread_t to the next thread it makes, and the kernel
+        # (which compares tasks) would then refuse that thread's submissions
+        # with EEXIST where this check must refuse them first. A tid comes
+        # back only after the pid space wraps. gettid(2) through syscall():
+        # glibc has a wrapper only from 2.30, the wheels target 2.28.
+        return not self.issuer or self.issuer == <unsigned long>syscall(SYS_gettid)
 
     cdef int enable(self) except -1:
         cdef int ret
@@ -109,7 +117,7 @@ cdef class Ring:
             if ret < 0:
                 raise OSError(-ret, "io_uring_enable_rings failed")
             self.enabled = True
-            self.issuer = pthread_self()
+            self.issuer = <unsigned long>syscall(SYS_gettid)
         elif (self.setup_flags & IORING_SETUP_SINGLE_ISSUER
               and not self.on_issuer_thread()):
             raise RuntimeError(

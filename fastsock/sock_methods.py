@@ -80,6 +80,14 @@ class SockMethods:
         if self._debug and sock.gettimeout() != 0:
             raise ValueError("the socket must be non-blocking")
 
+    def _leftovers_get(self, sock):
+        # Not a socket (asyncio's calls fail on it with AttributeError when
+        # they use it; so do these): it has no leftovers.
+        try:
+            return self._leftovers.get(sock)
+        except TypeError:               # cannot be weakly referenced
+            return None
+
     def _leftovers_of(self, sock):
         lo = self._leftovers.get(sock)
         if lo is None:
@@ -97,7 +105,7 @@ class SockMethods:
         # Cancelled requests on this socket may still complete in the
         # kernel: a new call waits for them so it never overtakes what they
         # received.
-        lo = self._leftovers.get(sock)
+        lo = self._leftovers_get(sock)
         while lo is not None and lo.unsettled:
             fut = self.create_future()
             lo.waiters.append(fut)
@@ -106,7 +114,7 @@ class SockMethods:
     def _take_leftover(self, sock, n=None):
         """The oldest leftover (item, address), or None. A stream chunk
         longer than n is split; a datagram is truncated as recv() would."""
-        lo = self._leftovers.get(sock)
+        lo = self._leftovers_get(sock)
         if lo is None or not lo.items:
             return None
         data, addr = lo.items.popleft()

@@ -803,6 +803,9 @@ cdef class UringDriver(Driver):
 
     # -- waiting and completions ----------------------------------------------------
 
+    cdef int bind_thread(self) except -1:
+        return self.ring.enable()
+
     cdef int poll(self, long timeout_ms) except -1:
         # Endpoints deferred by an earlier iteration are served in this one,
         # after its completions; those this one defers wait for the next.

@@ -78,6 +78,15 @@ def test_unknown_backend_rejected(fastsock):
         fastsock.EventLoopPolicy(backend="nope")
 
 
+def test_auto_with_no_backend_names_every_cause(fastsock, monkeypatch):
+    monkeypatch.setattr(fastsock, "_availability", lambda name, **_: (
+        fastsock.BackendInfo(False, f"{name} is switched off")))
+    with pytest.raises(RuntimeError) as err:
+        fastsock.new_event_loop("auto")
+    assert "uring is switched off" in str(err.value)
+    assert "epoll is switched off" in str(err.value)
+
+
 @pytest.mark.parametrize("backend", ["epoll", "auto"])
 def test_run(fastsock, backend):
     async def main(x):

@@ -301,6 +301,15 @@ def test_blocking_socket_rejected_in_debug(loop, run):
     run(main())
 
 
+@pytest.mark.parametrize("call", ["sock_recv", "sock_sendall", "sock_accept"])
+def test_not_a_socket(loop, run, call):
+    """An fd number where a socket belongs: asyncio fails with
+    AttributeError when it uses the object (as a method of it)."""
+    args = {"sock_recv": (10,), "sock_sendall": (b"x",), "sock_accept": ()}
+    with pytest.raises(AttributeError):
+        run(getattr(loop, call)(3, *args[call]))
+
+
 def test_ssl_socket_rejected(loop, run):
     import ssl
     ctx = ssl.create_default_context()

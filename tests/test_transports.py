@@ -68,6 +68,19 @@ def test_write_rejects_non_bytes(loop, run, kind):
     run(main())
 
 
+def test_write_takes_bytes_subclasses(loop, run, kind):
+    class Tagged(bytes):
+        pass
+
+    async def main():
+        async with StreamPair(loop, kind) as p:
+            p.client.transport.write(Tagged(b"tagged"))
+            p.client.transport.writelines([Tagged(b"-"), b"more"])
+            assert await p.server_proto.wait_data(11) == b"tagged-more"
+
+    run(main())
+
+
 def test_mutable_buffer_may_be_reused_after_write(loop, run, kind, request):
     """asyncio semantics: write() copies what it cannot send at once."""
     stock_asyncio_differs(request, since=(3, 12), reason=(

@@ -229,7 +229,7 @@ cdef class StreamTransport(BaseTransport):
         cdef Py_buffer view
         cdef Py_ssize_t sent
         cdef bint is_bytes = type(data) is bytes
-        if not is_bytes and not isinstance(data, (bytearray, memoryview)):
+        if not is_bytes and not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '
                             f'not {type(data).__name__!r}')
         if self.eof:
