@@ -333,8 +333,8 @@ cdef class Driver:
     def submit_request(self, Request req not None, callback, int flags=0):
         """Start `req` in the kernel; callback(req, res) runs once, from the
         loop, with res as the syscall returns it (bytes moved, an fd, 0) or
-        -errno (-ECANCELED once cancelled). `flags`: MSG_* for sends and
-        receives. Completion drivers only: a readiness driver has no
+        -errno (-ECANCELED once cancelled). `flags`: MSG_* for sends
+        (receives always pass 0). Completion drivers only: a readiness driver has no
         kernel operation to submit, and raises TypeError."""
         raise TypeError(f"the {self.name} driver is a readiness driver: "
                         "sock_* operations wait for readiness instead")

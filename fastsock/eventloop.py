@@ -137,18 +137,28 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
                 f'File descriptor {fd!r} is used by transport {owner!r}')
 
     def add_reader(self, fd, callback, *args):
+        """Call callback(*args) whenever `fd` (an int or an object with
+        fileno()) is readable, level-triggered, as asyncio's add_reader();
+        replaces an earlier reader of the fd. RuntimeError if a transport
+        of this loop uses the fd, ValueError for a negative or invalid fd,
+        OSError for an fd that cannot be watched (EBADF for a closed one,
+        EPERM for a regular file)."""
         self._ensure_fd_no_transport(fd)
         self._add_reader(fd, callback, *args)
 
     def remove_reader(self, fd):
+        """Stop watching `fd` for reading: True if a reader was removed.
+        RuntimeError if a transport of this loop uses the fd."""
         self._ensure_fd_no_transport(fd)
         return self._remove_reader(fd)
 
     def add_writer(self, fd, callback, *args):
+        """As add_reader(), for writability."""
         self._ensure_fd_no_transport(fd)
         self._add_writer(fd, callback, *args)
 
     def remove_writer(self, fd):
+        """As remove_reader(), for writability."""
         self._ensure_fd_no_transport(fd)
         return self._remove_writer(fd)
 

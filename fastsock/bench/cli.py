@@ -24,8 +24,11 @@ def add_arguments(p):
                    f"(default: {','.join(M.ALL_MODELS)})")
     p.add_argument("--transport", help="comma list of tcp, unix, udp "
                    f"(default {DEFAULTS['transport']})")
-    p.add_argument("--conns", help=f"connection counts (default {DEFAULTS['conns']})")
-    p.add_argument("--sizes", help=f"message sizes in bytes (default {DEFAULTS['sizes']})")
+    p.add_argument("--conns", help="ping-pong connection counts (default "
+                   f"{DEFAULTS['conns']}; the other workloads have fixed "
+                   "ones: stream 10, churn 50, sendfile 8, http 50)")
+    p.add_argument("--sizes", help="ping-pong message sizes in bytes (default "
+                   f"{DEFAULTS['sizes']})")
     p.add_argument("--duration", type=float, help="timed window per measurement, "
                    f"seconds (default {DEFAULTS['duration']})")
     p.add_argument("--warmup", type=float, help="untimed warm-up before each "

@@ -170,7 +170,13 @@ class Server:
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=self._stderr, env=env, preexec_fn=_child_setup(self.cpu),
             text=True)
-        line = self._read_line(timeout)
+        try:
+            line = self._read_line(timeout)
+        except BaseException:
+            # Interrupted while it starts (a signal ends the bench): the
+            # pool does not know this server yet, so stop it here.
+            self.stop()
+            raise
         if line.startswith("READY "):
             self.addr, _, self.note = line[6:].partition(" | ")
             return self

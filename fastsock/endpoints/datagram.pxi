@@ -18,6 +18,9 @@ class AsyncioDatagramTransport(transports.Transport,
 
 
 cdef class DatagramTransport(BaseTransport):
+    """A UDP or Unix datagram socket's transport (asyncio.DatagramTransport,
+    as isinstance() sees it): asyncio's methods and semantics. Made by
+    loop.create_datagram_endpoint(), never directly."""
 
     @property
     def __class__(self):
@@ -77,6 +80,12 @@ cdef class DatagramTransport(BaseTransport):
         return 0
 
     def sendto(self, data, addr=None):
+        """Send one datagram (bytes-like) to `addr` (None: the connected
+        peer), as asyncio's sendto(): sent at once when the socket takes
+        it, else queued in order (get_write_buffer_size() counts queued
+        bytes and headers). TypeError for a non bytes-like `data`,
+        ValueError for an `addr` that differs from the connected peer's;
+        a send the kernel refuses goes to error_received()."""
         cdef Request req
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f'data argument must be a bytes-like object, '

@@ -68,6 +68,11 @@ class AsyncioStreamTransport(transports.Transport):
 
 
 cdef class StreamTransport(BaseTransport):
+    """A TCP or Unix stream socket's transport (asyncio.Transport, as
+    isinstance() sees it): asyncio's methods and semantics, plus
+    write_zerocopy(), set/get_zerocopy_threshold() and zerocopy_stats().
+    Made by the loop (create_connection, create_server, ...), never
+    directly."""
 
     _start_tls_compatible = True
     _sendfile_compatible = constants._SendfileMode.TRY_NATIVE
@@ -226,6 +231,17 @@ cdef class StreamTransport(BaseTransport):
     # the buffer, and the driver reports it done (on_sent).
 
     def write(self, data):
+        """Send `data` (bytes, bytearray, memoryview or a bytes subclass),
+        as asyncio's write(): what the socket takes at once goes to the
+        kernel before this returns; the rest waits in the write buffer
+        (get_write_buffer_size(), flow control by the high/low water
+        marks). A bytearray or memoryview may be changed as soon as this
+        returns (what was not sent is copied). bytes of at least the
+        zero-copy threshold (64 KiB by default) are sent zero-copy on
+        TCP and held until the kernel's notice. TypeError for other types;
+        RuntimeError after write_eof() or during a sendfile; after the
+        connection is lost the data is dropped (asyncio logs a warning
+        after a few such writes)."""
         cdef Py_buffer view
         cdef Py_ssize_t sent
         cdef bint is_bytes = type(data) is bytes
@@ -277,6 +293,7 @@ cdef class StreamTransport(BaseTransport):
         self.maybe_pause_protocol()
 
     def writelines(self, list_of_data):
+        """write() of the buffers joined, as asyncio's writelines()."""
         self.write(b''.join(list_of_data))
 
     cdef int queue(self, object data, Py_ssize_t skip) except -1:
@@ -310,7 +327,8 @@ cdef class StreamTransport(BaseTransport):
     cdef int start_send(self, bint now) except -1:
         # One send Request from the head of the write buffer: a file
         # segment alone, or a run of entries that share a mode (zero-copy
-        # or copied), up to SEND_IOV_MAX buffers and SEND_BYTES_MAX bytes.
+        # or copied), up to SEND_IOV_MAX buffers; no buffer is added once
+        # SEND_BYTES_MAX bytes are gathered (one larger buffer goes whole).
         # The Request holds what its iovecs point into until the kernel is
         # done with it, whatever becomes of this transport.
         cdef Py_ssize_t idx = self.wbuf_start
@@ -497,6 +515,8 @@ cdef class StreamTransport(BaseTransport):
         return True
 
     def write_eof(self):
+        """Half-close: shutdown(SHUT_WR) once the write buffer is sent; the
+        peer reads EOF, reading goes on. OSError if shutdown(2) fails."""
         if self.closing or self.eof:
             return
         self.eof = True
@@ -538,9 +558,10 @@ cdef class StreamTransport(BaseTransport):
         return done
 
     def set_zerocopy_threshold(self, threshold):
-        """bytes writes of at least `threshold` bytes go out zero-copy
-        (None: never). Mutable buffers are always copied by write().
-        Raises TypeError for a non-int, ValueError below 0."""
+        """bytes writes of at least `threshold` bytes (an int; default
+        64 KiB) go out zero-copy on TCP (None: never). Mutable buffers are
+        always copied by write(). Raises TypeError for a non-int,
+        ValueError below 0, OverflowError above 2**63 - 1."""
         if threshold is None:
             self.zc_threshold = NO_ZEROCOPY
         elif not isinstance(threshold, int):
@@ -552,6 +573,7 @@ cdef class StreamTransport(BaseTransport):
             self.zc_threshold = threshold
 
     def get_zerocopy_threshold(self):
+        """The zero-copy threshold in bytes (int), or None when off."""
         return None if self.zc_threshold == NO_ZEROCOPY else self.zc_threshold
 
     def zerocopy_stats(self):
