@@ -340,8 +340,15 @@ def test_subprocess_kill_and_terminate(loop, run):
             PY, "-c", "import time; time.sleep(3600)")
         proc2.terminate()
         assert await proc2.wait() == -signal.SIGTERM
+        # A child inherits an ignored SIGINT (a test run started in the
+        # background by a non-interactive shell has one): it takes the
+        # default handling itself, and says so before the signal comes.
         proc3 = await asyncio.create_subprocess_exec(
-            PY, "-c", "import time; time.sleep(3600)")
+            PY, "-c", "import signal, time; "
+                      "signal.signal(signal.SIGINT, signal.default_int_handler); "
+                      "print('ready', flush=True); time.sleep(3600)",
+            stdout=asyncio.subprocess.PIPE)
+        assert await proc3.stdout.readline() == b"ready\n"
         proc3.send_signal(signal.SIGINT)
         rc = await proc3.wait()
         assert rc in (-signal.SIGINT, 1, 130)
