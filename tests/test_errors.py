@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from helpers.protocols import EchoProtocol, RecordingProtocol
+from helpers.protocols import (EchoProtocol, RecordingProtocol,
+                               echo_factory_failing_first)
 from helpers.streams import StreamPair
 
 
@@ -214,13 +215,7 @@ def test_failed_connection_setup_is_reported(loop, run, backend_name, debug):
     (a server that drops every connection must not do so silently)."""
     if backend_name == "asyncio" and not debug:
         pytest.skip("stock asyncio reports setup errors in debug mode only")
-    calls = []
-
-    def factory():
-        calls.append(1)
-        if len(calls) == 1:
-            raise _FactoryFailed("no protocol for you")
-        return EchoProtocol()
+    factory = echo_factory_failing_first(_FactoryFailed, "no protocol for you")
 
     async def main():
         loop.set_debug(debug)

@@ -8,7 +8,8 @@ import socket
 import pytest
 
 from helpers.addresses import HAS_IPV6
-from helpers.protocols import EchoProtocol, RecordingProtocol
+from helpers.protocols import (EchoProtocol, RecordingProtocol,
+                               echo_factory_failing_first)
 
 needs_ipv6 = pytest.mark.skipif(not HAS_IPV6, reason="no IPv6 loopback")
 
@@ -460,13 +461,7 @@ def test_connect_accepted_socket_rejects_dgram(loop, run):
 
 @pytest.mark.allow_loop_errors
 def test_protocol_factory_raises_server_survives(loop, run):
-    calls = []
-
-    def factory():
-        calls.append(1)
-        if len(calls) == 1:
-            raise RuntimeError("factory failed")
-        return EchoProtocol()
+    factory = echo_factory_failing_first(RuntimeError, "factory failed")
 
     async def main():
         seen = []

@@ -95,3 +95,18 @@ class EchoProtocol(asyncio.Protocol):
     def eof_received(self):
         # Returning falsy: the transport closes itself after EOF.
         return False
+
+
+def echo_factory_failing_first(exc_type, message):
+    """A protocol factory that raises exc_type(message) on its first call
+    and makes an EchoProtocol on every later one (a server must survive the
+    first). The exception is made when raised: one kept by the factory would
+    keep its traceback, and the dropped connection's socket, alive."""
+    calls = []
+
+    def factory():
+        calls.append(1)
+        if len(calls) == 1:
+            raise exc_type(message)
+        return EchoProtocol()
+    return factory
