@@ -364,6 +364,42 @@ def test_keyboard_interrupt_in_callback_propagates(loop):
 # ---------------------------------------------------------------------------
 
 @pytest.mark.timeout(20)
+def test_loop_run_by_a_later_thread(loop, backend_name):
+    """Made here, run in one thread, then in another. A selector loop runs
+    in any thread; an io_uring loop belongs to the first thread that ran it
+    (its ring's single issuer) and refuses the later one with RuntimeError
+    before any callback runs there, even when glibc gives the later thread
+    the first one's pthread_t."""
+    first = threading.Thread(
+        target=lambda: loop.run_until_complete(asyncio.sleep(0)))
+    first.start()
+    first.join(30)
+    seen = {}
+
+    def later():
+        ran = []
+        loop.call_soon(lambda: ran.append(threading.get_ident()))
+        loop.call_soon(loop.stop)
+        try:
+            loop.run_forever()
+        except RuntimeError as exc:
+            seen["error"] = exc
+        seen["ran"], seen["me"] = ran, threading.get_ident()
+
+    th = threading.Thread(target=later)
+    th.start()
+    th.join(30)
+    if backend_name == "uring":
+        assert "another thread" in str(seen.get("error"))
+        assert seen["ran"] == []
+    else:
+        assert "error" not in seen
+        assert seen["ran"] == [seen["me"]]
+    # Closing works from any thread (here, neither of the two that ran it;
+    # the fixture's teardown would run the loop once more, here).
+    loop.close()
+
+
 def test_call_soon_threadsafe_wakes_blocked_loop(loop):
     """No timers, no I/O: only the thread-safe wakeup can end this run."""
     fut = loop.create_future()
