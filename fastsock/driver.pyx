@@ -4,13 +4,17 @@
 import collections
 
 from cpython.bytearray cimport PyByteArray_FromStringAndSize
+from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE,
+                             PyBytes_FromStringAndSize)
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
                              PyBUF_SIMPLE, PyBUF_WRITABLE)
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 from fastsock.sockaddr cimport sockaddr_to_py, py_to_sockaddr
 from fastsock.driver cimport EP_ADDED, EP_RELEASING, KIND_DATAGRAM
-from fastsock.system cimport (send, connect, accept4, close, open, errno,
+from fastsock.system cimport (send, recv, connect, accept4, close, open, errno,
                               EAGAIN, EINTR, MSG_NOSIGNAL, MSG_DONTWAIT,
                               AF_UNSPEC, SOCK_CLOEXEC, SOCK_NONBLOCK,
                               O_RDONLY, O_CLOEXEC)
@@ -159,6 +163,42 @@ def receive_buffer(Py_ssize_t n):
     return PyByteArray_FromStringAndSize(NULL, n)
 
 
+cdef extern from *:
+    """
+    /* Takes the only reference to a bytes object; returns it shrunk to n
+       bytes (realloc shrinks in place: nothing is copied), or NULL with an
+       exception set. */
+    static PyObject *fs_bytes_shrink(PyObject *b, Py_ssize_t n)
+    {
+        if (n < PyBytes_GET_SIZE(b) && _PyBytes_Resize(&b, n) < 0)
+            return NULL;
+        return b;
+    }
+    """
+    object fs_bytes_shrink(PyObject *b, Py_ssize_t n)
+
+
+cdef bytes recv_bytes(int fd, Py_ssize_t size, Py_ssize_t *res):
+    # As socket.recv() does it (CPython's sock_recv), without the socket.
+    cdef bytes data = PyBytes_FromStringAndSize(NULL, size)
+    cdef PyObject *raw
+    cdef Py_ssize_t n
+    while True:
+        n = recv(fd, PyBytes_AS_STRING(data), <size_t>size, 0)
+        if n >= 0 or errno != EINTR:
+            break
+    if n <= 0:
+        res[0] = -errno if n < 0 else 0
+        return None
+    res[0] = n
+    if n == size:
+        return data
+    raw = <PyObject *>data
+    Py_INCREF(data)
+    data = None                 # raw holds the only reference now
+    return fs_bytes_shrink(raw, n)
+
+
 cdef class Endpoint:
     """Base for everything a driver feeds; the defaults ignore events."""
 
@@ -167,6 +207,9 @@ cdef class Endpoint:
 
     cdef int on_data(self, const char *buf, Py_ssize_t n) except -1:
         return 0
+
+    cdef int on_bytes(self, bytes data) except -1:
+        return self.on_data(PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
 
     cdef int on_eof(self) except -1:
         return 0

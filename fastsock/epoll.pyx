@@ -532,16 +532,35 @@ cdef class EpollDriver(Driver):
         return 0
 
     cdef int read_stream(self, Endpoint ep, bint drain) except -1:
-        cdef Py_ssize_t n
+        # Small reads go through the loop's one hot buffer and are copied
+        # out; a bulk stream (its last read was BULK_READ_MIN or more) is
+        # read straight into the bytes object the protocol gets.
+        cdef Py_ssize_t n, size
         cdef int rounds = 0
+        cdef bytes data = None
         while ep.flags & EP_READING and not ep.flags & EP_RELEASING:
             if rounds == READS_PER_WAKEUP:
                 return self.defer(ep)
             rounds += 1
-            n = recv(ep.fd, self.rbuf, <size_t>self.rbuf_size, 0)
+            if ep.flags & EP_BULK:
+                size = BULK_READ_SIZE
+                data = recv_bytes(ep.fd, size, &n)
+            else:
+                size = self.rbuf_size
+                n = recv(ep.fd, self.rbuf, <size_t>size, 0)
+                if n < 0:
+                    n = -errno
             if n > 0:
-                ep.on_data(self.rbuf, n)
-                if n < self.rbuf_size:
+                if n >= BULK_READ_MIN:
+                    ep.flags |= EP_BULK
+                else:
+                    ep.flags &= ~EP_BULK
+                if data is not None:
+                    ep.on_bytes(data)
+                    data = None
+                else:
+                    ep.on_data(self.rbuf, n)
+                if n < size:
                     if drain:
                         # The FIN (or error) that came with this data is
                         # read in the next iteration, as a readiness loop
@@ -553,13 +572,13 @@ cdef class EpollDriver(Driver):
             elif n == 0:
                 ep.flags &= ~EP_READING
                 return ep.on_eof()
-            elif errno == EINTR:
+            elif n == -EINTR:
                 continue
-            elif errno == EAGAIN:
+            elif n == -EAGAIN:
                 return 0
             else:
                 ep.flags &= ~EP_READING
-                return ep.on_read_error(errno)
+                return ep.on_read_error(-n)
         return 0
 
     cdef int read_datagrams(self, Endpoint ep) except -1:

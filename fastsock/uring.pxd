@@ -23,7 +23,6 @@ cdef class UringDriver(Driver):
         # (made on first use) by every UDP recvmsg
         BufferRing rbufs
         BufferRing dbufs
-        BufferRing bulkbufs         # made on first use (recv_done)
         unsigned int buf_count
         unsigned int buf_size
         dict parked                 # Endpoint -> [bytes, (bytes, name), None
@@ -31,7 +30,7 @@ cdef class UringDriver(Driver):
         list deferred               # endpoints with parked data to deliver
         dict rx                     # Endpoint -> Request: the msghdr and
                                     # buffer it reads into, for a datagram
-                                    # socket or a bulk stream
+                                    # socket
         # What the kernel may still touch is held here until it is done:
         # released endpoints whose CQEs are due (endpoints that are not
         # released are in `endpoints`), and every Request in flight.
@@ -63,6 +62,7 @@ cdef class UringDriver(Driver):
     cdef int run_deferred(self, list todo) except -1
     cdef free_ring(self)
     cdef int recv_done(self, Endpoint ep, int res, uint32_t flags) except -1
+    cdef int bulk_read(self, Endpoint ep, bint drain) except -1
     cdef int recvmsg_done(self, Endpoint ep, int res) except -1
     cdef int recvmsg_multishot_done(self, Endpoint ep, int res,
                                     uint32_t flags) except -1
@@ -76,7 +76,6 @@ cdef class UringDriver(Driver):
     cdef int datagram_done(self, Request req, int res) except -1
     cdef int sock_request_done(self, Request req, int res) except -1
     cdef BufferRing datagram_buffers(self)
-    cdef BufferRing bulk_buffers(self)
     cdef SplicePipe pipe_for(self, Endpoint ep)
     cdef int park(self, Endpoint ep, object chunk) except -1
     cdef int deliver_parked(self, Endpoint ep) except -1

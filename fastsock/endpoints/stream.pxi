@@ -133,7 +133,12 @@ cdef class StreamTransport(BaseTransport):
     cdef int on_data(self, const char *buf, Py_ssize_t n) except -1:
         if self.buffered:
             return self.feed_buffered(buf, n)
-        data = PyBytes_FromStringAndSize(buf, n)
+        return self.on_bytes(PyBytes_FromStringAndSize(buf, n))
+
+    cdef int on_bytes(self, bytes data) except -1:
+        if self.buffered:
+            return self.feed_buffered(PyBytes_AS_STRING(data),
+                                      PyBytes_GET_SIZE(data))
         try:
             self.data_received(data)
         except (SystemExit, KeyboardInterrupt):
@@ -197,7 +202,7 @@ cdef class StreamTransport(BaseTransport):
             self.read_start()
 
     cdef int feed_leftover(self, object item, object addr) except -1:
-        return self.on_data(PyBytes_AS_STRING(item), PyBytes_GET_SIZE(item))
+        return self.on_bytes(item)
 
     cdef int on_eof(self) except -1:
         if self.loop.debug:
