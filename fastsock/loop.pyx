@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 
-from asyncio import base_events, events
+from asyncio import base_events, events, tasks
 from selectors import _fileobj_to_fd
 from libc.math cimport ceil
 from libc.stdint cimport uint32_t
@@ -183,6 +183,18 @@ cdef class CoreLoop:
         if h._source_traceback:
             del h._source_traceback[-1]
         return h
+
+    def create_task(self, coro, *, name=None, context=None):
+        """Schedule a coroutine object; return its Task. As asyncio's
+        create_task() (with a task factory set, asyncio's own code runs);
+        RuntimeError once the loop is closed."""
+        if self._task_factory is not None:
+            return base_events.BaseEventLoop.create_task(
+                self, coro, name=name, context=context)
+        self.check_open()
+        # (asyncio drops the last frame of a debug task's source traceback,
+        # its own create_task(): this one adds no Python frame.)
+        return tasks.Task(coro, loop=self, name=name, context=context)
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         cdef Handle h

@@ -507,6 +507,32 @@ def test_create_task_rejects_non_coroutine(loop):
         loop.create_task(lambda: None)
 
 
+def test_create_task_on_a_closed_loop_raises(loop, new_loop):
+    lp = new_loop()
+    lp.close()
+
+    async def coro():
+        pass
+
+    c = coro()
+    with pytest.raises(RuntimeError, match="closed"):
+        lp.create_task(c)
+    c.close()
+
+
+def test_create_task_source_traceback_ends_at_the_caller(loop):
+    """In debug mode a task remembers where it was made: the caller's line,
+    not the loop's create_task()."""
+    async def coro():
+        pass
+
+    loop.set_debug(True)
+    task = loop.create_task(coro())
+    assert task._source_traceback[-1].name == \
+        "test_create_task_source_traceback_ends_at_the_caller"
+    loop.run_until_complete(task)
+
+
 def test_create_task_context(loop):
     var = contextvars.ContextVar("var", default="default")
     ctx = contextvars.copy_context()
