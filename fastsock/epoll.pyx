@@ -4,7 +4,9 @@
 Streams read until the kernel runs dry (a short read means it has: a stream
 recv returns all that is queued up to the buffer size), at most
 READS_PER_WAKEUP rounds per wakeup for fairness; the rest is owed in the
-next iteration. Writes go out directly (Driver.try_send); a send Request
+next iteration. Small reads go through the loop's one buffer and are copied
+out; a bulk stream is read straight into the bytes object its protocol gets
+(driver.recv_bytes). Writes go out directly (Driver.try_send); a send Request
 (what the socket did not take at once) goes out as soon as the socket takes
 it, EPOLLOUT registered only while one waits. Watchers (add_reader/
 add_writer) are level-triggered, as selectors are.

@@ -128,7 +128,11 @@ cdef class Ring:
 
     cdef int submit(self) except -1:
         cdef int ret
-        self.enable()
+        if not self.enabled:
+            # (Not enable() each time: its thread check is a gettid(2) per
+            # call. The loop checks the thread once, when it starts running;
+            # another thread's submission gets the kernel's EEXIST.)
+            self.enable()
         ret = io_uring_submit(&self.ring)
         if ret < 0 and ret != -EBUSY and ret != -EAGAIN and ret != -EINTR:
             raise OSError(-ret, f"io_uring_submit failed: {os.strerror(-ret)}")
@@ -143,7 +147,8 @@ cdef class Ring:
         cdef int ret
         cdef io_uring_cqe *cqe
         cdef __kernel_timespec ts
-        self.enable()
+        if not self.enabled:
+            self.enable()           # (see submit())
         if timeout_ms == 0:
             with nogil:
                 ret = io_uring_submit_and_get_events(&self.ring)
