@@ -323,6 +323,11 @@ cdef class UringDriver(Driver):
         if ep in self.parked:
             # Bytes that came while paused go first, in the next iteration.
             return self.defer(ep)
+        if ep.armed & ARM_RECV_BULK and not ep.armed & ARM_RECV_CANCEL:
+            # A bulk stream's poll stayed armed through the pause (see
+            # stop_reading); what it reported then was not read: read
+            # from the next iteration on.
+            return self.defer(ep)
         if ep.kind == KIND_LISTENER:
             return self.arm_accept(ep)
         return self.arm_recv(ep)
@@ -331,7 +336,11 @@ cdef class UringDriver(Driver):
         if not ep.flags & EP_READING:
             return 0
         ep.flags &= ~EP_READING
-        if ep.armed & ARM_RECV:
+        if ep.armed & ARM_RECV_BULK:
+            # A poll takes nothing from the socket: leave it armed (a pause
+            # and resume cost no SQEs) and ignore its CQEs until then.
+            pass
+        elif ep.armed & ARM_RECV:
             # Stop the multishot so the kernel keeps what comes (and applies
             # backpressure); CQEs already on their way are parked.
             self.cancel_op(ep, OP_RECV)
