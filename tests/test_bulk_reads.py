@@ -64,6 +64,10 @@ class SlowReader(ChunkKeeper):
             self.transport.resume_reading()
 
 
+def loop_backend(loop):
+    return getattr(loop, "backend", "asyncio")
+
+
 def bulk_switches(loop):
     stats = getattr(getattr(loop, "driver", None), "stats", None)
     return stats()["bulk_switches"] if stats is not None else None
@@ -102,10 +106,6 @@ def test_bulk_small_bulk_keeps_every_byte(loop, run, kind):
     run(main(), timeout=40)
 
 
-def loop_backend(loop):
-    return getattr(loop, "backend", "asyncio")
-
-
 def test_eof_behind_bulk_data_reaches_a_pausing_reader(loop, run, kind):
     """The FIN arrives while the reader is paused with bulk data still
     queued in the socket: it is delivered after the last byte."""
@@ -120,6 +120,8 @@ def test_eof_behind_bulk_data_reaches_a_pausing_reader(loop, run, kind):
             assert srv.pauses > 0
             assert sha(b"".join(srv.chunks)) == sha(data)
             assert srv.collapsed() == ["made", "data", "eof"]
+            if loop_backend(loop) == "uring":
+                assert bulk_switches(loop) >= 1     # paused while bulk
 
     run(main(), timeout=40)
 
