@@ -915,7 +915,7 @@ cdef class UringDriver(Driver):
                     # new wakeup: then read on until recv() says so.
                     self.bulk_read(ep, (res & (POLLRDHUP | POLLHUP |
                                                POLLERR)) != 0)
-            elif res != -ECANCELED:
+            elif res < 0 and res != -ECANCELED:
                 ep.flags &= ~EP_READING
                 return ep.on_read_error(-res)
             if not more and ep.flags & EP_READING and not ep.flags & EP_RELEASING:
