@@ -1059,7 +1059,13 @@ cdef class UringDriver(Driver):
                 ep.on_bytes(chunk)
         if not chunks:
             self.parked.pop(ep, None)
-            if ep.flags & EP_READING and not ep.flags & EP_RELEASING:
+            if not ep.flags & EP_READING or ep.flags & EP_RELEASING:
+                pass
+            elif ep.armed & ARM_RECV_BULK and not ep.armed & ARM_RECV_CANCEL:
+                # A bulk stream's poll, armed while these waited: what it
+                # reported meanwhile was not read (see start_reading).
+                self.defer(ep)
+            else:
                 self.arm_recv(ep)
         return 0
 

@@ -10,6 +10,7 @@ asyncio too.
 """
 
 import asyncio
+import socket
 
 import pytest
 
@@ -197,3 +198,66 @@ def test_close_from_data_received_while_bulk(loop, run, kind):
             assert "eof" not in srv.events
 
     run(main(), timeout=40)
+
+
+class PausesInBursts(RecordingProtocol):
+    """Paused from the start; once resumed, pauses after its first chunk
+    (resumed in the next iteration) and after every third (resumed 50 ms
+    later)."""
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        transport.pause_reading()
+        self.chunks = 0
+
+    def data_received(self, data):
+        super().data_received(data)
+        self.chunks += 1
+        if self.chunks == 1:
+            self.transport.pause_reading()
+            self.loop.call_soon(self.transport.resume_reading)
+        elif self.chunks % 3 == 0:
+            self.transport.pause_reading()
+            self.loop.call_later(0.05, self.transport.resume_reading)
+
+
+def connected_pair(kind):
+    if kind == "unix":
+        return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+    return a, b
+
+
+def test_data_after_a_switch_to_bulk_among_pauses(loop, run, kind):
+    """A burst read in one batch switches the stream to bulk while the
+    protocol pauses and resumes; what arrives while the rest of the burst
+    is still held back is read too (io_uring lost it once: the poll that
+    reads a bulk stream reported it while the protocol was paused, and
+    nothing read it afterwards)."""
+    sizes = {"unix": (256 * 1024, 50_000), "tcp": (512 * 1024, 200_000)}
+    first, second = (payload(n, seed=36 + i)
+                     for i, n in enumerate(sizes[kind]))
+
+    async def main():
+        peer, sock = connected_pair(kind)
+        with peer:
+            # The whole first part waits in the socket before reading starts.
+            peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            tr, proto = await loop.create_connection(PausesInBursts,
+                                                     sock=sock)
+            try:
+                peer.sendall(first)
+                await asyncio.sleep(0.05)
+                tr.resume_reading()
+                await asyncio.sleep(0.02)
+                peer.sendall(second)
+                got = await asyncio.wait_for(
+                    proto.wait_data(len(first) + len(second)), 10)
+                assert sha(got) == sha(first + second)
+            finally:
+                tr.close()
+                await proto.lost
+
+    run(main(), timeout=30)
