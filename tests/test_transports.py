@@ -499,6 +499,40 @@ def test_buffered_protocol_small_buffer(loop, run, kind):
     run(main(), timeout=30)
 
 
+def test_set_protocol_in_buffer_updated_to_a_plain_protocol(loop, run, kind):
+    """A BufferedProtocol that hands the stream to a Protocol in its first
+    buffer_updated(): the rest of what was read goes to data_received()
+    (found when bulk reads made one read span many small buffers)."""
+    data = payload(200_000, seed=12)
+
+    async def main():
+        received = bytearray()
+
+        class Follower(RecordingProtocol):
+            def connection_lost(self, exc):
+                super().connection_lost(exc)
+                if not leader.lost.done():      # for StreamPair's teardown
+                    leader.lost.set_result(exc)
+
+        class Leader(SmallBufferedProtocol):
+            def buffer_updated(self, nbytes):
+                received.extend(self.buf[:nbytes])
+                self.transport.set_protocol(follower)
+
+        follower = Follower()
+
+        async with StreamPair(loop, kind,
+                              server_factory=lambda: Leader(4096)) as p:
+            leader = p.server_proto
+            p.client.transport.write(data)
+            p.client.transport.write_eof()
+            await follower.eof
+            assert sha(bytes(received + follower.data)) == sha(data)
+            assert follower.events[-1] == "eof"
+
+    run(main(), timeout=30)
+
+
 def test_buffered_protocol_memoryview_buffer(loop, run, kind):
     class MVProto(SmallBufferedProtocol):
         def get_buffer(self, sizehint):

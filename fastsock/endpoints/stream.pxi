@@ -152,6 +152,10 @@ cdef class StreamTransport(BaseTransport):
         cdef Py_buffer view
         cdef Py_ssize_t k
         while n > 0:
+            if not self.buffered:
+                # set_protocol() in buffer_updated() gave a Protocol: the
+                # rest is its data_received()'s, as the next read would be.
+                return self.on_bytes(PyBytes_FromStringAndSize(buf, n))
             if self.paused or self.closing:
                 # Read before the protocol paused: delivered on resume.
                 self.unfed = PyBytes_FromStringAndSize(buf, n)
