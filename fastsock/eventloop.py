@@ -2,9 +2,10 @@
 
 `Loop` combines the Cython loop core (ready queue, timers, driver, fd
 watchers; fastsock/loop.pyx) with asyncio.BaseEventLoop, whose high-level
-orchestration (address resolution, happy eyeballs, Server objects, TLS over
-asyncio's SSLProtocol, executors, async generators, exception handling) is the
-reference behaviour. Everything that touches a socket or the kernel goes
+orchestration (address resolution, happy eyeballs, Server objects, executors,
+async generators, exception handling) is the reference behaviour; TLS is
+fastsock's own protocol with asyncio's SSLProtocol semantics
+(endpoints/tls.pxi). Everything that touches a socket or the kernel goes
 through fastsock's own transports and driver.
 
 Pipes and child processes use asyncio's own Unix pipe and subprocess
@@ -16,12 +17,13 @@ import errno
 import io
 import os
 import socket
+import ssl
 import stat
 import sys
 import warnings
 
 import asyncio
-from asyncio import base_events, constants, exceptions, sslproto
+from asyncio import base_events, constants, exceptions
 from asyncio import unix_events
 
 from fastsock import loop as _core
@@ -181,7 +183,7 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
             extra=None, server=None,
             ssl_handshake_timeout=constants.SSL_HANDSHAKE_TIMEOUT,
             ssl_shutdown_timeout=constants.SSL_SHUTDOWN_TIMEOUT):
-        ssl_protocol = sslproto.SSLProtocol(
+        ssl_protocol = _transports.TLSProtocol(
             self, protocol, sslcontext, waiter, server_side, server_hostname,
             ssl_handshake_timeout=ssl_handshake_timeout,
             ssl_shutdown_timeout=ssl_shutdown_timeout)
@@ -189,6 +191,42 @@ class Loop(_core.CoreLoop, base_events.BaseEventLoop):
                                                extra=extra, server=server)
         tr._adopt_leftovers(self._leftovers_for_transport(rawsock))
         return ssl_protocol._app_transport
+
+    async def start_tls(self, transport, protocol, sslcontext, *,
+                        server_side=False, server_hostname=None,
+                        ssl_handshake_timeout=None,
+                        ssl_shutdown_timeout=None):
+        """Upgrade `transport` to TLS (asyncio's start_tls(): same
+        arguments, TypeError for a context that is not an ssl.SSLContext or
+        a transport that cannot carry TLS); returns the new transport,
+        which `protocol` uses from then on, once the handshake is done. On
+        failure or cancellation the old transport is closed."""
+        if not isinstance(sslcontext, ssl.SSLContext):
+            raise TypeError(
+                f'sslcontext is expected to be an instance of ssl.SSLContext, '
+                f'got {sslcontext!r}')
+        if not getattr(transport, '_start_tls_compatible', False):
+            raise TypeError(
+                f'transport {transport!r} is not supported by start_tls()')
+        waiter = self.create_future()
+        tls = _transports.TLSProtocol(
+            self, protocol, sslcontext, waiter, server_side, server_hostname,
+            call_connection_made=False,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout)
+        # Nothing reaches the TLS protocol before its connection_made().
+        transport.pause_reading()
+        transport.set_protocol(tls)
+        made = self.call_soon(tls.connection_made, transport)
+        resumed = self.call_soon(transport.resume_reading)
+        try:
+            await waiter
+        except BaseException:
+            transport.close()
+            made.cancel()
+            resumed.cancel()
+            raise
+        return tls._app_transport
 
     def _make_datagram_transport(self, sock, protocol, address=None,
                                  waiter=None, extra=None):

@@ -29,6 +29,8 @@ cdef class CoreLoop:
         object thread_id
         double clock_resolution
         dict watchers               # fd -> Watcher
+        bytearray tls_buffer        # what the loop's TLS connections decrypt
+        object tls_view             # into (memoryview; transports.pyx)
         object __weakref__
 
     cdef double now(self)

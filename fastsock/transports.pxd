@@ -77,6 +77,80 @@ cdef enum:
     SEND_BYTES_MAX = 1024 * 1024
 
 
+cdef class TLSTransport
+
+
+cdef class TLSProtocol:
+    # TLS over a stream (endpoints/tls.pxi): asyncio's SSLProtocol.
+    cdef:
+        CoreLoop loop
+        object transport            # the stream's transport
+        object app_protocol
+        bint app_buffered           # app_protocol is a BufferedProtocol
+        object app_get_buffer, app_buffer_updated, app_data_received
+        TLSTransport app_transport  # None once the connection is lost
+        object waiter               # the handshake's future
+        object handshake_timeout, shutdown_timeout      # seconds
+        object handshake_timer, shutdown_timer
+        double handshake_start
+        bint server_side
+        object server_hostname
+        dict extra
+        object backlog              # deque: application data not encrypted
+        Py_ssize_t backlog_size     # bytes in it
+        int state                   # TLSState
+        int app_state               # AppState
+        int conn_lost
+        bint eof                    # the stream's eof_received()
+        bint app_reading_paused     # the application's pause_reading()
+        bint app_writing_paused     # pause_writing() sent to the application
+        bint stream_reading_paused  # we paused the stream's reading
+        bint stream_writing_paused  # the stream sent us pause_writing()
+        Py_ssize_t in_high, in_low  # ciphertext held unread (bytes)
+        Py_ssize_t out_high, out_low    # write_buffer_size() marks (bytes)
+        object incoming, outgoing   # ssl.MemoryBIO: ciphertext in and out
+        object sslobj               # ssl.SSLObject (or the context's class)
+        object engine               # what SSL calls go to (tls.pxi)
+        object recv_view            # get_buffer()'s, made when first asked
+        object __weakref__
+
+    cdef int set_app_protocol(self, object protocol) except -1
+    cdef int wake_waiter(self, object exc) except -1
+    cdef object extra_info(self, name, default)
+    cdef int cancel_timers(self) except -1
+    cdef int feed(self, const char *buf, Py_ssize_t n) except -1
+    cdef int advance(self) except -1
+    cdef int do_handshake(self) except -1
+    cdef int handshake_done(self, object exc) except -1
+    cdef int start_shutdown(self) except -1
+    cdef int do_flush(self) except -1
+    cdef int do_shutdown(self) except -1
+    cdef int shutdown_done(self, object exc) except -1
+    cdef int abort(self, object exc) except -1
+    cdef int write_appdata(self, object data) except -1
+    cdef int write_appdata_list(self, object list_of_data) except -1
+    cdef int do_write(self) except -1
+    cdef int process_outgoing(self) except -1
+    cdef Py_ssize_t write_buffer_size(self) except -1
+    cdef int control_app_writing(self) except -1
+    cdef int do_read(self) except -1
+    cdef bint more_to_read(self) except -1
+    cdef int read_copied(self) except -1
+    cdef int read_into_protocol(self) except -1
+    cdef int call_eof_received(self) except -1
+    cdef int control_stream_reading(self) except -1
+    cdef int resume_app_reading(self) except -1
+    cdef int fatal_error(self, object exc, str message) except -1
+
+
+cdef class TLSTransport:
+    cdef:
+        CoreLoop loop
+        TLSProtocol tls
+        bint closed
+        object __weakref__
+
+
 cdef class StreamTransport(BaseTransport):
     cdef:
         list wbuf                   # the write buffer: bytes, PinnedBuffer
@@ -87,6 +161,8 @@ cdef class StreamTransport(BaseTransport):
         bint eof                    # write_eof() called
         bint buffered               # protocol is a BufferedProtocol
         object data_received        # the protocol's bound method
+        TLSProtocol tls             # the protocol, if fastsock's TLS: fed
+                                    # without get_buffer()
         bytes unfed                 # read, not yet fed to a paused
                                     # BufferedProtocol
         object empty_waiter

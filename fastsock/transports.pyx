@@ -15,6 +15,7 @@ boundary, and transports.pxd is the one contract for all of them.
   endpoints/datagram.pxi     DatagramTransport
   endpoints/file_sender.pxi  FileSender: loop.sock_sendfile()
   endpoints/listener.pxi     Listener: accept -> StreamTransport
+  endpoints/tls.pxi          TLSProtocol, TLSTransport: TLS over a stream
 """
 
 import collections
@@ -22,14 +23,18 @@ import logging
 import math
 import os
 import socket
+import ssl
 import sys
 import warnings
 
-from asyncio import constants, futures, protocols, transports, trsock
+from asyncio import constants, exceptions, futures, protocols, sslproto
+from asyncio import transports, trsock
 from asyncio import base_events
 
 from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
-                             PyBUF_SIMPLE, PyBUF_WRITABLE)
+                             PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_READ)
+from cpython.bytearray cimport PyByteArray_AS_STRING
+from cpython.memoryview cimport PyMemoryView_FromMemory
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_FromStringAndSize)
 from libc.stdint cimport uint32_t, uint64_t
@@ -79,6 +84,7 @@ include "endpoints/stream.pxi"
 include "endpoints/datagram.pxi"
 include "endpoints/file_sender.pxi"
 include "endpoints/listener.pxi"
+include "endpoints/tls.pxi"
 
 
 def make_stream_transport(CoreLoop loop, sock, protocol, waiter=None,

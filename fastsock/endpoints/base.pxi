@@ -343,7 +343,11 @@ cdef class BaseTransport(Endpoint):
             self.protocol.connection_lost(exc)
         finally:
             self.close_fd()
-            self.protocol = None
+            # drop every reference to the protocol (a stream also keeps its
+            # data_received and TLS protocol): the user's protocol often
+            # holds this transport, and the cycle would outlive the
+            # connection until the next garbage collection
+            self.set_protocol(None)
             server = self.server
             if server is not None:
                 self.server = None

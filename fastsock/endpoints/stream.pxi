@@ -124,6 +124,7 @@ cdef class StreamTransport(BaseTransport):
     def set_protocol(self, protocol):
         self.buffered = isinstance(protocol, BufferedProtocol)
         self.protocol = protocol
+        self.tls = protocol if type(protocol) is TLSProtocol else None
         # looked up once, not per chunk
         self.data_received = (None if self.buffered
                               else getattr(protocol, "data_received", None))
@@ -159,6 +160,17 @@ cdef class StreamTransport(BaseTransport):
             if self.paused or self.closing:
                 # Read before the protocol paused: delivered on resume.
                 self.unfed = PyBytes_FromStringAndSize(buf, n)
+                return 0
+            if self.tls is not None:
+                # fastsock's TLS takes all of it into its incoming BIO
+                try:
+                    self.tls.feed(buf, n)
+                except (SystemExit, KeyboardInterrupt):
+                    raise
+                except BaseException as exc:
+                    self.fatal_error(
+                        exc, 'Fatal error: protocol.buffer_updated() call '
+                             'failed.')
                 return 0
             try:
                 target = self.protocol.get_buffer(-1)

@@ -185,6 +185,24 @@ def build_cases(backend, self_test=False):
         m.SelectorStartServerTests,
         new_loop=lambda self: new_loop())]
 
+    # TLS: CPython's TLS tests (test_ssl.py came with the SSLProtocol that
+    # asyncio took from uvloop) through the loop's create_connection,
+    # create_server and start_tls, which run fastsock's TLS protocol.
+    # TestSSL makes its loops with asyncio.new_event_loop() (the policy).
+    # SslProtoHandshakeTests drive asyncio.sslproto.SSLProtocol itself, on
+    # a fastsock loop.
+    m = mod("test_ssl")
+    cases["test_ssl"] = [case("test_ssl", "FastsockTestSSL", m.TestSSL)]
+
+    m = mod("test_sslproto")
+    cases["test_sslproto"] = [
+        case("test_sslproto", "FastsockSslProtoHandshakeTests",
+             m.SslProtoHandshakeTests),
+        case("test_sslproto", "FastsockStartTLSTests",
+             m.BaseStartTLS, unittest.TestCase,
+             new_loop=lambda self: new_loop()),
+    ]
+
     m = mod("test_subprocess")
 
     def subprocess_setup(self):
