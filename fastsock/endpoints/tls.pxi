@@ -9,8 +9,8 @@
 # cost: asyncio's is pure Python and takes a dozen Python calls per record;
 # here a received record goes from the stream's read buffer into the
 # incoming BIO without a get_buffer() round trip (StreamTransport.tls), is
-# decrypted into one preallocated buffer, and reaches data_received() as one
-# bytes object; a write() is one SSL_write and one stream write.
+# decrypted into the loop's one decrypt buffer, and reaches data_received()
+# as one bytes object; a write() is one SSL_write and one stream write.
 #
 # The TLS engine is the ssl module's (OpenSSL through SSLObject on two
 # MemoryBIOs); when the context's sslobject_class is ssl.SSLObject itself,
@@ -78,8 +78,9 @@ cdef class TLSProtocol:
     ssl=...) and start_tls()). Arguments as asyncio's SSLProtocol:
     `sslcontext` None means ssl.create_default_context() (client side only,
     else ValueError); the timeouts are in seconds, > 0 (ValueError), None
-    for asyncio's defaults (60 s handshake, 30 s shutdown). The application
-    sees `.app_transport`."""
+    for asyncio's defaults (60 s handshake, 30 s shutdown). The
+    application's transport (a TLSTransport) is `_app_transport`, as on
+    asyncio's."""
 
     @property
     def __class__(self):
