@@ -108,6 +108,7 @@ cdef class TLSProtocol:
         bint stream_writing_paused  # the stream sent us pause_writing()
         Py_ssize_t in_high, in_low  # ciphertext held unread (bytes)
         Py_ssize_t out_high, out_low    # write_buffer_size() marks (bytes)
+        tuple in_limits, out_limits # (low, high) as given
         object incoming, outgoing   # ssl.MemoryBIO: ciphertext in and out
         object sslobj               # ssl.SSLObject (or the context's class)
         object engine               # what SSL calls go to (tls.pxi)
@@ -115,6 +116,10 @@ cdef class TLSProtocol:
         object __weakref__
 
     cdef int set_app_protocol(self, object protocol) except -1
+    cdef int set_write_limits(self, object high, object low) except -1
+    cdef int set_read_limits(self, object high, object low) except -1
+    cdef bint stream_closing(self) except -1
+    cdef int check_thread(self) except -1
     cdef int wake_waiter(self, object exc) except -1
     cdef object extra_info(self, name, default)
     cdef int cancel_timers(self) except -1

@@ -35,6 +35,10 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release,
                              PyBUF_SIMPLE, PyBUF_WRITABLE, PyBUF_READ)
 from cpython.bytearray cimport PyByteArray_AS_STRING
 from cpython.memoryview cimport PyMemoryView_FromMemory
+
+cdef extern from "pythread.h":
+    # threading.get_ident(): unsigned since Python 3.7
+    unsigned long PyThread_get_thread_ident()
 from cpython.bytes cimport (PyBytes_AS_STRING, PyBytes_GET_SIZE,
                             PyBytes_FromStringAndSize)
 from libc.stdint cimport uint32_t, uint64_t

@@ -125,10 +125,8 @@ cdef class TLSProtocol:
             server_hostname=self.server_hostname)
         self.engine = (self.sslobj._sslobj if type(self.sslobj) is SSLObject
                        else self.sslobj)
-        self.in_high, self.in_low = add_flowcontrol_defaults(
-            None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
-        self.out_high, self.out_low = add_flowcontrol_defaults(
-            None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
+        self.set_read_limits(None, None)
+        self.set_write_limits(None, None)
         self.set_app_protocol(app_protocol)
         self.app_transport = TLSTransport.__new__(TLSTransport)
         self.app_transport.loop = loop
@@ -152,6 +150,44 @@ cdef class TLSProtocol:
         else:
             self.app_get_buffer = self.app_buffer_updated = None
             self.app_data_received = getattr(protocol, 'data_received', None)
+        return 0
+
+    cdef int set_write_limits(self, object high, object low) except -1:
+        # asyncio's defaults and checks; any real numbers. The sizes
+        # compared with them are whole bytes: size >= high is size >=
+        # ceil(high), size <= low is size <= floor(low).
+        high, low = add_flowcontrol_defaults(
+            high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
+        self.out_limits = (low, high)
+        self.out_high, self.out_low = math.ceil(high), math.floor(low)
+        return 0
+
+    cdef int set_read_limits(self, object high, object low) except -1:
+        high, low = add_flowcontrol_defaults(
+            high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
+        self.in_limits = (low, high)
+        self.in_high, self.in_low = math.ceil(high), math.floor(low)
+        return 0
+
+    cdef bint stream_closing(self) except -1:
+        # The stream may be failing before its connection_lost() comes (a
+        # reset found by a send inside write())
+        cdef object t = self.transport
+        if t is None:
+            return False
+        if type(t) is StreamTransport:
+            return (<StreamTransport>t).closing
+        return t.is_closing()
+
+    cdef int check_thread(self) except -1:
+        # Two threads in one OpenSSL connection corrupt its memory (SSL_write
+        # runs without the GIL): what enters the engine from a thread other
+        # than the running loop's is refused.
+        thread_id = self.loop.thread_id
+        if thread_id is not None and PyThread_get_thread_ident() != thread_id:
+            raise RuntimeError(
+                'Non-thread-safe operation invoked on an event loop other '
+                'than the current one')
         return 0
 
     cdef int wake_waiter(self, object exc) except -1:
@@ -734,13 +770,19 @@ cdef class TLSTransport:
         return self.tls.app_protocol if self.tls is not None else None
 
     def is_closing(self):
-        return self.closed
+        """True once close() or abort() was called, the connection is
+        lost, or the stream under it is closing (a write that found a
+        reset): StreamWriter.drain() then yields, and connection_lost()
+        runs, where a writer looping on write() and drain() would spin."""
+        return self.closed or (self.tls is not None and
+                               self.tls.stream_closing())
 
     def close(self):
         """Flush what was written, send close_notify, wait for the peer's
         (at most ssl_shutdown_timeout), then close the stream; the
         protocol's connection_lost(None) follows. Reading stops."""
         if not self.closed:
+            self.tls.check_thread()
             self.closed = True
             self.tls.start_shutdown()
         else:
@@ -766,19 +808,22 @@ cdef class TLSTransport:
             self.tls.resume_app_reading()
 
     def set_write_buffer_limits(self, high=None, low=None):
-        """As asyncio's: bytes; high defaults to 512 KiB, low to high / 4;
-        ValueError unless high >= low >= 0."""
-        high, low = add_flowcontrol_defaults(
-            high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
+        """As asyncio's: bytes (any real numbers); high defaults to 512 KiB,
+        low to high // 4; ValueError unless high >= low >= 0.
+        pause_writing() comes when get_write_buffer_size() reaches high,
+        resume_writing() when it is back at low or below."""
         if self.tls is not None:
-            self.tls.out_high, self.tls.out_low = high, low
+            self.tls.set_write_limits(high, low)
             self.tls.control_app_writing()
+        else:
+            add_flowcontrol_defaults(      # the same checks
+                high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)
 
     def get_write_buffer_limits(self):
         if self.tls is None:
             return add_flowcontrol_defaults(
                 None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_WRITE)[::-1]
-        return (self.tls.out_low, self.tls.out_high)
+        return self.tls.out_limits
 
     def get_write_buffer_size(self):
         return self.tls.write_buffer_size() if self.tls is not None else 0
@@ -787,17 +832,18 @@ cdef class TLSTransport:
         """Marks for the ciphertext held while the application has reading
         paused (bytes; high defaults to 256 KiB, low to high / 4): above
         high the stream pauses reading."""
-        high, low = add_flowcontrol_defaults(
-            high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
         if self.tls is not None:
-            self.tls.in_high, self.tls.in_low = high, low
+            self.tls.set_read_limits(high, low)
             self.tls.control_stream_reading()
+        else:
+            add_flowcontrol_defaults(      # the same checks
+                high, low, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)
 
     def get_read_buffer_limits(self):
         if self.tls is None:
             return add_flowcontrol_defaults(
                 None, None, constants.FLOW_CONTROL_HIGH_WATER_SSL_READ)[::-1]
-        return (self.tls.in_low, self.tls.in_high)
+        return self.tls.in_limits
 
     def get_read_buffer_size(self):
         return self.tls.incoming.pending if self.tls is not None else 0
@@ -808,18 +854,23 @@ cdef class TLSTransport:
         return self.tls is not None and self.tls.app_writing_paused
 
     def write(self, data):
-        """Encrypt and send `data` (bytes, bytearray or memoryview; it is
-        kept until encrypted, so do not change it before the handshake is
-        done). TypeError for other types; dropped with a warning after a
-        few writes once the connection is closing or lost."""
+        """Encrypt and send `data` (bytes, bytearray or memoryview; a
+        mutable buffer may be changed once this returns: what waits is
+        copied). Once the handshake is done the records go to the stream
+        before this returns. TypeError for other types; RuntimeError from
+        a thread other than the running loop's; dropped (with a warning
+        after a few) once the connection is closing or lost."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data: expecting a bytes-like instance, "
                             f"got {type(data).__name__}")
         if data and self.tls is not None:
+            self.tls.check_thread()
             self.tls.write_appdata(data)
 
     def writelines(self, list_of_data):
+        """write() of each buffer in turn (any iterable)."""
         if self.tls is not None:
+            self.tls.check_thread()
             self.tls.write_appdata_list(list_of_data)
 
     def write_eof(self):
