@@ -19,6 +19,7 @@ boundary, and transports.pxd is the one contract for all of them.
 """
 
 import collections
+import functools
 import logging
 import math
 import os

@@ -1232,6 +1232,45 @@ def test_write_from_another_thread_is_refused(loop, run, request,
     run(main())
 
 
+def test_debug_mode_reports_a_failed_server_handshake(loop, run, server_ctx):
+    # In debug mode a server reports a handshake that failed (here: a
+    # client that does not trust its certificate and resets) as asyncio's
+    # does: 'Error on transport creation for incoming connection', with the
+    # exception, the protocol and the transport; nothing is reported
+    # otherwise (test_tls.py).
+    reported = []
+    loop.set_debug(True)
+    loop.set_exception_handler(lambda lp, ctx: reported.append(ctx))
+    untrusting = ssl.create_default_context()
+
+    async def main():
+        server = await loop.create_server(RecordingProtocol, "127.0.0.1", 0,
+                                          ssl=server_ctx)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                await loop.create_connection(
+                    asyncio.Protocol, "127.0.0.1", port, ssl=untrusting,
+                    server_hostname="localhost")
+            while not reported:
+                await asyncio.sleep(0.01)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    try:
+        run(main())
+    finally:
+        loop.set_debug(False)
+    assert len(reported) == 1, reported
+    ctx = reported[0]
+    assert ctx["message"] == ("Error on transport creation for incoming "
+                              "connection")
+    assert isinstance(ctx["exception"], (ConnectionError, ssl.SSLError))
+    assert isinstance(ctx["protocol"], RecordingProtocol)
+    assert isinstance(ctx["transport"], asyncio.Transport)
+
+
 def test_second_close_lets_the_tls_state_go(loop, run, server_ctx,
                                             client_ctx):
     # asyncio's second close() drops the transport's SSL protocol: an

@@ -61,11 +61,20 @@ cdef class Listener(Endpoint):
                 conn = socket.socket(self.family,
                                      self.type | socket.SOCK_NONBLOCK,
                                      self.proto, fd)
-                self.loop._make_ssl_transport(
-                    conn, protocol, self.sslcontext, None,
+                waiter = None
+                if self.loop.debug:
+                    # asyncio (debug mode) reports a failed handshake as it
+                    # reports a failed transport creation, below
+                    waiter = self.loop.create_future()
+                transport = self.loop._make_ssl_transport(
+                    conn, protocol, self.sslcontext, waiter,
                     server_side=True, server=self.server,
                     ssl_handshake_timeout=self.ssl_handshake_timeout,
                     ssl_shutdown_timeout=self.ssl_shutdown_timeout)
+                if waiter is not None:
+                    waiter.add_done_callback(functools.partial(
+                        report_failed_handshake, self.loop, protocol,
+                        transport))
             else:
                 StreamTransport.accepted(self.loop, fd, self.family,
                                          self.type, self.proto, protocol,
@@ -111,3 +120,14 @@ cdef class Listener(Endpoint):
     cdef int on_released(self) except -1:
         self.sock.close()           # (closed by stop() already, usually)
         return 0
+
+
+def report_failed_handshake(loop, protocol, transport, waiter):
+    if waiter.cancelled() or waiter.exception() is None:
+        return
+    loop.call_exception_handler({
+        'message': 'Error on transport creation for incoming connection',
+        'exception': waiter.exception(),
+        'protocol': protocol,
+        'transport': transport,
+    })

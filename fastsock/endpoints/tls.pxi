@@ -789,10 +789,14 @@ cdef class TLSTransport:
             self.tls = None
 
     def __del__(self):
-        if not self.closed:
-            self.closed = True
+        # Only a transport the application was given can be left unclosed
+        # by it: not one whose handshake never finished (asyncio is silent
+        # there too).
+        if (not self.closed and self.tls is not None
+                and 'ssl_object' in self.tls.extra):
             warnings.warn(f"unclosed transport {self!r}", ResourceWarning,
                           source=self)
+            self.closed = True
 
     def is_reading(self):
         return self.tls is not None and not self.tls.app_reading_paused
