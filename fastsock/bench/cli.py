@@ -116,7 +116,7 @@ def run(args):
     # SIGHUP sent to the bench alone does not: unwind through bench.close()
     # then, or the servers outlive the bench.
     for signum in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, _exit_on_signal)
+        signal.signal(signum, M.exit_on_signal)
     try:
         try:
             models, skipped = bench.prepare()
@@ -163,10 +163,6 @@ def run(args):
         return 0
     finally:
         bench.close()
-
-
-def _exit_on_signal(signum, _frame):
-    raise SystemExit(128 + signum)
 
 
 def _run_with_progress(bench, cases, models, console):
