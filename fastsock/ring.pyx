@@ -49,6 +49,7 @@ cdef extern from "common.h" nogil:
 cdef enum:
     RING_LEVEL_START = 16       # buffers a BufferRing offers at first
     BUF_RING_ENTRY = 16         # sizeof(struct io_uring_buf)
+    BUF_SKEW = 64               # a cache line between buffers (buf())
 
 
 cdef class Ring:
@@ -213,7 +214,7 @@ cdef class BufferRing:
         self.count = count
         self.size = size
         self.group = group
-        self.bufs = <char *>malloc(<size_t>count * size)
+        self.bufs = <char *>malloc(<size_t>count * (size + BUF_SKEW))
         self.free = <unsigned int *>malloc(count * sizeof(unsigned int))
         if self.bufs == NULL or self.free == NULL:
             raise MemoryError()
@@ -231,7 +232,12 @@ cdef class BufferRing:
         return self
 
     cdef char *buf(self, unsigned int bid):
-        return self.bufs + <size_t>bid * self.size
+        # Buffers start BUF_SKEW bytes apart beyond their size: at a 32 KiB
+        # stride the first cache lines of all of them fall in the same
+        # cache sets, and 50 connections' small messages (HTTP requests)
+        # evicted each other there (perf: the kernel's copy into them,
+        # _copy_to_iter, 0.73% -> 0.45% of an aiohttp server's samples).
+        return self.bufs + <size_t>bid * (self.size + BUF_SKEW)
 
     cdef int taken(self) except -1:
         # The kernel filled a buffer (its CQE is being handled).
