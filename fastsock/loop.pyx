@@ -11,7 +11,7 @@ import logging
 import sys
 import threading
 
-from asyncio import base_events, events, tasks
+from asyncio import base_events, events, futures, tasks
 from selectors import _fileobj_to_fd
 from libc.math cimport ceil
 from libc.stdint cimport uint32_t
@@ -195,6 +195,18 @@ cdef class CoreLoop:
         # (asyncio drops the last frame of a debug task's source traceback,
         # its own create_task(): this one adds no Python frame.)
         return tasks.Task(coro, loop=self, name=name, context=context)
+
+    # get_debug() and create_future() run per request in HTTP servers
+    # (aiohttp, and asyncio's C Task and Future ask get_debug() when they
+    # are made): asyncio's are Python functions, these add no frame.
+
+    def get_debug(self):
+        """Whether the loop is in debug mode (set_debug())."""
+        return self.debug
+
+    def create_future(self):
+        """A new asyncio.Future attached to this loop."""
+        return futures.Future(loop=self)
 
     def call_soon_threadsafe(self, callback, *args, context=None):
         cdef Handle h

@@ -533,6 +533,26 @@ def test_create_task_source_traceback_ends_at_the_caller(loop):
     loop.run_until_complete(task)
 
 
+def test_create_future_and_get_debug(loop):
+    """create_future() gives an asyncio.Future of this loop; get_debug()
+    follows set_debug(), and a future made in debug mode remembers where."""
+    fut = loop.create_future()
+    assert isinstance(fut, asyncio.Future)
+    assert fut.get_loop() is loop
+    assert not fut.done()
+    loop.call_soon(fut.set_result, 7)
+    assert loop.run_until_complete(fut) == 7
+    assert loop.get_debug() is False
+    loop.set_debug(True)
+    assert loop.get_debug() is True
+    fut = loop.create_future()
+    assert any(frame.name == "test_create_future_and_get_debug"
+               for frame in fut._source_traceback)
+    fut.cancel()
+    loop.set_debug(False)
+    assert loop.get_debug() is False
+
+
 def test_create_task_context(loop):
     var = contextvars.ContextVar("var", default="default")
     ctx = contextvars.copy_context()
