@@ -9,9 +9,10 @@ cdef class Handle:
         object __weakref__
 
     @staticmethod
-    cdef Handle new(object loop, object callback, tuple args, object context)
+    cdef Handle new(object loop, object callback, tuple args, object context,
+                    bint debug)
     cdef int init(self, object loop, object callback, tuple args,
-                  object context) except -1
+                  object context, bint debug) except -1
     cdef int run(self) except -1
 
 
@@ -22,4 +23,4 @@ cdef class TimerHandle(Handle):
 
     @staticmethod
     cdef TimerHandle new_timer(object loop, double when, object callback,
-                               tuple args, object context)
+                               tuple args, object context, bint debug)

@@ -4,25 +4,36 @@
 import sys
 from asyncio import format_helpers
 
+cimport cython
 
+cdef extern from "Python.h":
+    # Context.run() without its bound method and argument tuple
+    # (Include/cpython/context.h; RuntimeError if already entered).
+    int PyContext_Enter(object ctx) except -1
+    int PyContext_Exit(object ctx) except -1
+
+
+# A few handles are made and dropped per callback: reuse their memory.
+@cython.freelist(256)
 cdef class Handle:
 
     def __init__(self, *args, **kwargs):
         raise TypeError("handles are made by loop.call_soon() and friends")
 
     @staticmethod
-    cdef Handle new(object loop, object callback, tuple args, object context):
+    cdef Handle new(object loop, object callback, tuple args, object context,
+                    bint debug):
         cdef Handle self = Handle.__new__(Handle)
-        self.init(loop, callback, args, context)
+        self.init(loop, callback, args, context, debug)
         return self
 
     cdef int init(self, object loop, object callback, tuple args,
-                  object context) except -1:
+                  object context, bint debug) except -1:
         self.loop = loop
         self.callback = callback
         self.args = args
         self.context = context
-        if loop._debug:
+        if debug:
             self._source_traceback = format_helpers.extract_stack(
                 sys._getframe(1))
         return 0
@@ -32,7 +43,11 @@ cdef class Handle:
             if self.context is None:
                 self.callback(*self.args)
             else:
-                self.context.run(self.callback, *self.args)
+                PyContext_Enter(self.context)
+                try:
+                    self.callback(*self.args)
+                finally:
+                    PyContext_Exit(self.context)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -94,9 +109,9 @@ cdef class TimerHandle(Handle):
 
     @staticmethod
     cdef TimerHandle new_timer(object loop, double when, object callback,
-                               tuple args, object context):
+                               tuple args, object context, bint debug):
         cdef TimerHandle self = TimerHandle.__new__(TimerHandle)
-        self.init(loop, callback, args, context)
+        self.init(loop, callback, args, context, debug)
         self._when = when
         return self
 

@@ -169,7 +169,7 @@ cdef class CoreLoop:
         return 0
 
     cdef Handle soon(self, object callback, tuple args, object context):
-        cdef Handle h = Handle.new(self, callback, args, context)
+        cdef Handle h = Handle.new(self, callback, args, context, self.debug)
         self.ready.append(h)
         return h
 
@@ -243,7 +243,8 @@ cdef class CoreLoop:
         if self.debug:
             self._check_thread()
             self._check_callback(callback, 'call_at')
-        timer = TimerHandle.new_timer(self, when, callback, args, context)
+        timer = TimerHandle.new_timer(self, when, callback, args, context,
+                                       self.debug)
         if timer._source_traceback:
             del timer._source_traceback[-1]
         heapq.heappush(self.timers, timer)
@@ -426,7 +427,7 @@ cdef class CoreLoop:
     cdef Handle add_watch(self, int fd, bint writer, object callback,
                           tuple args):
         cdef Watcher w = self.watchers.get(fd)
-        cdef Handle h = Handle.new(self, callback, args, None)
+        cdef Handle h = Handle.new(self, callback, args, None, self.debug)
         cdef Handle old
         if w is None:
             w = Watcher.new(self, fd)

@@ -184,6 +184,7 @@ cdef class StreamTransport(BaseTransport):
                                   int stype, int proto, object protocol,
                                   object server)
     cdef int prepare(self) except -1
+    cdef int write_data(self, object data) except -1
     cdef int queue(self, object data, Py_ssize_t skip) except -1
     cdef bint zc_eligible(self, object entry)
     cdef int start_send(self, bint now) except -1

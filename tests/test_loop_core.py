@@ -70,6 +70,52 @@ def test_call_soon_context(loop):
     assert seen == ["in-ctx", "default", "in-ctx"]
 
 
+def test_call_soon_context_left_after_callback_error(loop):
+    # A callback that raises still leaves its context: the same context
+    # can run the next callback, and the error goes to the handler.
+    var = contextvars.ContextVar("var", default="default")
+    ctx = contextvars.copy_context()
+    ctx.run(var.set, "in-ctx")
+    seen, errors = [], []
+    loop.set_exception_handler(lambda lp, c: errors.append(c["exception"]))
+
+    def boom():
+        seen.append(var.get())
+        var.set("changed")
+        raise ValueError("boom")
+
+    loop.call_soon(boom, context=ctx)
+    loop.call_soon(lambda: seen.append(var.get()), context=ctx)
+    loop.call_soon(lambda: seen.append(var.get()))
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+    assert seen == ["in-ctx", "changed", "default"]
+    assert [type(e) for e in errors] == [ValueError]
+
+
+def test_call_soon_context_already_entered(loop, caplog):
+    # A loop run from inside a context cannot enter that context again
+    # for a callback (as Context.run): RuntimeError, reported, and the
+    # loop goes on. (3.12+ asyncio runs the exception handler in the
+    # handle's context too, which fails the same way and is logged.)
+    errors = []
+    loop.set_exception_handler(lambda lp, c: errors.append(c["exception"]))
+    ctx = contextvars.copy_context()
+    ran = []
+
+    def inside():
+        loop.call_soon(ran.append, 1, context=ctx)
+        loop.call_soon(ran.append, 2)
+        loop.call_soon(loop.stop)
+        loop.run_forever()
+    ctx.run(inside)
+    assert ran == [2]
+    reported = [type(e) for e in errors] + [
+        type(r.exc_info[1]) for r in caplog.records if r.exc_info]
+    assert reported == [RuntimeError]
+    assert "already entered" in str((errors or [caplog.records[0].exc_info[1]])[0])
+
+
 def test_callbacks_scheduled_during_iteration_run_later(loop):
     """stop() runs the current batch; work scheduled by that batch waits for
     the next run (documented asyncio semantics)."""

@@ -263,6 +263,10 @@ cdef class StreamTransport(BaseTransport):
         RuntimeError after write_eof() or during a sendfile; after the
         connection is lost the data is dropped (asyncio logs a warning
         after a few such writes)."""
+        self.write_data(data)
+
+    cdef int write_data(self, object data) except -1:
+        # write(), callable from C (TLSProtocol hands its records here).
         cdef Py_buffer view
         cdef Py_ssize_t sent
         cdef bint is_bytes = type(data) is bytes
@@ -274,12 +278,12 @@ cdef class StreamTransport(BaseTransport):
         if self.empty_waiter is not None:
             raise RuntimeError('unable to write; sendfile is in progress')
         if not data:
-            return
+            return 0
         if self.conn_lost:
             if self.conn_lost >= constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES:
                 logger.warning('socket.send() raised exception.')
             self.conn_lost += 1
-            return
+            return 0
         if self.wbuf or self.zc_eligible(data):
             # Queued behind what waits (keep order), or zero-copy: the
             # driver sends it.
@@ -292,7 +296,7 @@ cdef class StreamTransport(BaseTransport):
             sent = self.loop.driver.try_send(self, PyBytes_AS_STRING(data),
                                              PyBytes_GET_SIZE(data))
             if sent == PyBytes_GET_SIZE(data):
-                return
+                return 0
         else:
             try:
                 PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
@@ -303,7 +307,7 @@ cdef class StreamTransport(BaseTransport):
                 sent = self.loop.driver.try_send(self, <const char *>view.buf,
                                                  view.len)
                 if sent == view.len:
-                    return
+                    return 0
             finally:
                 PyBuffer_Release(&view)
         if sent < 0:
@@ -311,11 +315,11 @@ cdef class StreamTransport(BaseTransport):
                                     'Fatal write error on socket transport')
         self.queue(data, sent)
         self.start_send(False)          # the socket is full: wait for room
-        self.maybe_pause_protocol()
+        return self.maybe_pause_protocol()
 
     def writelines(self, list_of_data):
         """write() of the buffers joined, as asyncio's writelines()."""
-        self.write(b''.join(list_of_data))
+        self.write_data(b''.join(list_of_data))
 
     cdef int queue(self, object data, Py_ssize_t skip) except -1:
         # The caller may reuse a mutable buffer once write() returns, so only

@@ -517,7 +517,11 @@ cdef class TLSProtocol:
         # Records the TLS engine made (handshake, application data,
         # close_notify) go to the stream unless it asked us to wait.
         if not self.stream_writing_paused and self.outgoing.pending:
-            self.transport.write(self.outgoing.read())
+            if type(self.transport) is StreamTransport:
+                (<StreamTransport>self.transport).write_data(
+                    self.outgoing.read())
+            else:
+                self.transport.write(self.outgoing.read())
         return self.control_app_writing()
 
     cdef Py_ssize_t write_buffer_size(self) except -1:
