@@ -6,6 +6,7 @@ that every model answered, every byte was checked, and nothing is left
 running."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,3 +122,22 @@ def test_killed_bench_leaves_no_server_running(signum):
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+@pytest.mark.skipif(not (shutil.which("valgrind") and shutil.which("wrk")),
+                    reason="bench/http_instructions.py needs valgrind and wrk")
+@pytest.mark.timeout(300)
+def test_http_instructions_counts_a_request(tmp_path):
+    # The callgrind count the README's HTTP section quotes: it must finish
+    # (wrk stopped after exactly N answers, the server stopped) and report
+    # a per-request count; the aiohttp app costs ~10^5 instructions.
+    script = os.path.join(os.path.dirname(__file__), "..", "bench",
+                          "http_instructions.py")
+    res = subprocess.run(
+        [sys.executable, script, "--models", "epoll", "--plain",
+         "--requests", "40,120"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert res.returncode == 0, res.stdout + res.stderr
+    line = next(l for l in res.stdout.splitlines() if "Ir/request" in l)
+    count = float(line.split()[1].replace(",", ""))
+    assert 20_000 < count < 2_000_000, line
