@@ -9,6 +9,7 @@ cimport cython
 cdef extern from "Python.h":
     # Context.run() without its bound method and argument tuple
     # (Include/cpython/context.h; RuntimeError if already entered).
+    bint PyContext_CheckExact(object obj)
     int PyContext_Enter(object ctx) except -1
     int PyContext_Exit(object ctx) except -1
 
@@ -34,14 +35,24 @@ cdef class Handle:
         self.args = args
         self.context = context
         if debug:
-            self._source_traceback = format_helpers.extract_stack(
-                sys._getframe(1))
+            # No frame is this code's or the loop method's (Cython): the
+            # innermost Python frame is the caller of call_soon() and
+            # friends, where asyncio's traceback ends as well.
+            try:
+                frame = sys._getframe(0)
+            except ValueError:          # called from C, no Python frame
+                self._source_traceback = []
+            else:
+                self._source_traceback = format_helpers.extract_stack(frame)
         return 0
 
     cdef int run(self) except -1:
         try:
             if self.context is None:
                 self.callback(*self.args)
+            elif not PyContext_CheckExact(self.context):
+                # asyncio only asks for a run() method
+                self.context.run(self.callback, *self.args)
             else:
                 PyContext_Enter(self.context)
                 try:

@@ -180,8 +180,6 @@ cdef class CoreLoop:
             self._check_thread()
             self._check_callback(callback, 'call_soon')
         h = self.soon(callback, args, context)
-        if h._source_traceback:
-            del h._source_traceback[-1]
         return h
 
     def create_task(self, coro, *, name=None, context=None):
@@ -214,8 +212,6 @@ cdef class CoreLoop:
         if self.debug:
             self._check_callback(callback, 'call_soon_threadsafe')
         h = self.soon(callback, args, context)
-        if h._source_traceback:
-            del h._source_traceback[-1]
         # Holding the GIL, we see `polling` as the loop thread left it: it
         # sets the flag and computes its timeout (which sees our handle)
         # without releasing the GIL in between.
@@ -231,8 +227,6 @@ cdef class CoreLoop:
             raise TypeError('delay must not be None')
         timer = self.call_at(self.now() + delay, callback, *args,
                              context=context)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
         return timer
 
     def call_at(self, when, callback, *args, context=None):
@@ -245,8 +239,6 @@ cdef class CoreLoop:
             self._check_callback(callback, 'call_at')
         timer = TimerHandle.new_timer(self, when, callback, args, context,
                                        self.debug)
-        if timer._source_traceback:
-            del timer._source_traceback[-1]
         heapq.heappush(self.timers, timer)
         timer._scheduled = True
         return timer

@@ -579,6 +579,55 @@ def test_create_task_source_traceback_ends_at_the_caller(loop):
     loop.run_until_complete(task)
 
 
+def test_handle_source_traceback_ends_at_the_caller(loop):
+    """In debug mode a handle remembers where it was scheduled: the
+    caller's line, with the caller's callers above it (asyncio drops its
+    own frames; a C loop must not drop the caller's)."""
+    loop.set_debug(True)
+
+    def schedule():
+        return [loop.call_soon(lambda: None),
+                loop.call_soon_threadsafe(lambda: None),
+                loop.call_later(60, lambda: None),
+                loop.call_at(loop.time() + 60, lambda: None)]
+
+    def outer():
+        return schedule()
+
+    handles = outer()
+    for h in handles:
+        names = [frame.name for frame in h._source_traceback[-2:]]
+        assert names == ["outer", "schedule"], (h, names)
+        h.cancel()
+    loop.call_soon(loop.stop)
+    loop.run_forever()
+
+
+class _RunOnly:
+    """A context as asyncio's Handle uses one: only run() is called."""
+
+    def __init__(self):
+        self.runs = 0
+
+    def run(self, callback, *args):
+        self.runs += 1
+        return callback(*args)
+
+
+def test_call_soon_context_with_only_a_run_method(loop):
+    ctx = _RunOnly()
+    seen = []
+
+    async def coro():
+        seen.append("task")
+
+    loop.call_soon(seen.append, "handle", context=ctx)
+    task = loop.create_task(coro(), context=ctx)
+    loop.run_until_complete(task)
+    assert seen == ["handle", "task"]
+    assert ctx.runs >= 2
+
+
 def test_create_future_and_get_debug(loop):
     """create_future() gives an asyncio.Future of this loop; get_debug()
     follows set_debug(), and a future made in debug mode remembers where."""
