@@ -14,7 +14,7 @@ cdef extern from "Python.h":
     int PyContext_Exit(object ctx) except -1
 
 
-# A few handles are made and dropped per callback: reuse their memory.
+# A handle is made and dropped for nearly every callback: reuse the memory.
 @cython.freelist(256)
 cdef class Handle:
 
