@@ -335,9 +335,13 @@ def order(proto):
     return out
 
 
-def abort_peer(peer):
+async def drop_peer(peer, server, *protos):
+    """Teardown of a raw_server_pair(): reset the peer's connection, wait
+    for its connection_lost(), close the server (and protos)."""
     if peer.transport is not None and not peer.lost.done():
         peer.transport.abort()
+    await peer.lost
+    await close_server(server, *protos)
 
 
 # ---------------------------------------------------------------------------
@@ -408,9 +412,7 @@ def test_many_small_records_in_one_segment(loop, run, server_ctx, client_ctx):
         finally:
             tr.abort()
             await proto.lost
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
@@ -447,9 +449,7 @@ def test_resume_delivers_held_burst_in_one_call(loop, run, server_ctx,
         finally:
             tr.abort()
             await proto.lost
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
@@ -480,9 +480,7 @@ def test_buffered_protocol_small_buffer_gets_everything(loop, run, server_ctx,
             await peer.close_notify        # our side answered it
             await peer.eof                 # and closed the stream
         finally:
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
@@ -603,9 +601,7 @@ def test_paused_reader_stops_the_stream_then_gets_everything(
             tr.close()
             await peer.close_notify
         finally:
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server, *ep.protos)
+            await drop_peer(peer, server, *ep.protos)
 
     run(main(), timeout=30)
 
@@ -892,9 +888,7 @@ def test_peer_close_notify_with_data_tcp_left_open(loop, run, server_ctx,
             await peer.close_notify
             await peer.eof
         finally:
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
@@ -926,9 +920,7 @@ def test_peer_close_notify_while_paused(loop, run, server_ctx, client_ctx):
             assert proto.events == ["made", "data", "data", "eof", "lost"]
             await peer.close_notify
         finally:
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
@@ -965,9 +957,7 @@ def test_peer_tcp_eof_without_close_notify(loop, run, server_ctx, client_ctx,
             assert not peer.close_notify.done()
             assert peer.data == b""
         finally:
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
@@ -994,9 +984,7 @@ def test_shutdown_timeout_without_peer_close_notify(loop, run, server_ctx,
             assert proto.events == ["made", "lost"]
             await peer.eof
         finally:
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
@@ -1022,9 +1010,7 @@ def test_abort_drops_data_and_sends_no_close_notify(loop, run, server_ctx,
             assert not peer.close_notify.done()
             assert bytes(peer.data) == b"before"
         finally:
-            abort_peer(peer)
-            await peer.lost
-            await close_server(server)
+            await drop_peer(peer, server)
 
     run(main(), timeout=20)
 
